@@ -1,0 +1,1 @@
+"""The HTTP API: app wiring (app.py), middleware, routes, and the OpenAPI document."""

@@ -1,0 +1,102 @@
+"""The API application: every route and middleware, wired explicitly in one place.
+
+A request travels: ClientAddress (real client IP from a trusted proxy) -> RequestContext
+(request id, security headers, access log) -> CORS -> RateLimit (shared budget in Redis) ->
+the route in routes/, which validates with schemas.py and talks to Redis (jobs/state.py,
+jobs/enqueue.py) or S3 (storage/s3.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources as package_files
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from service.api import openapi
+from service.api.errors import HANDLERS
+from service.api.middleware import ClientAddressMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from service.api.ratelimit import RateLimiter
+from service.api.resources import Resources
+from service.api.routes import downloads, system
+from service.settings import Settings, load_settings
+
+STATIC = package_files.files("service.api") / "static"
+
+
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.openapi)
+
+
+async def docs(request: Request) -> HTMLResponse:
+    return HTMLResponse((STATIC / "docs.html").read_text())
+
+
+def routes() -> list[Route | Mount]:
+    return [
+        Route("/", system.root, methods=["GET"]),
+        Route("/health", system.health, methods=["GET"]),
+        Route("/health/live", system.live, methods=["GET"]),
+        Route("/health/ready", system.health, methods=["GET"]),
+        Route("/openapi", openapi_document, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+        Route("/v1/download/check", downloads.check, methods=["POST"]),
+        Route("/v1/download/start", downloads.start, methods=["POST"]),
+        Route("/v1/download/initiate", downloads.initiate, methods=["POST"]),
+        Route("/v1/download/status/{job_id}", downloads.status, methods=["GET"]),
+        Route("/v1/download/{job_id}/file", downloads.file, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
+    ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    resources = Resources.open(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await resources.close()
+
+    limiter = RateLimiter(resources.redis, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
+    middleware = [
+        Middleware(ClientAddressMiddleware, trusted=settings.trusted_networks),
+        Middleware(RequestContextMiddleware),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Content-Type",
+                "Authorization",
+                "X-Request-ID",
+                "Idempotency-Key",
+                "Last-Event-ID",
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "Location",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=86400,
+        ),
+        Middleware(RateLimitMiddleware, limiter=limiter),
+    ]
+    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
+    app.state.resources = resources
+    app.state.openapi = openapi.document()
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's factory (`delineate api`): settings from the environment, validated."""
+    return create_app(load_settings())

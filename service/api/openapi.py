@@ -1,0 +1,170 @@
+"""The OpenAPI 3.1 document, served at /openapi and rendered by /docs.
+
+Request schemas come from the pydantic models the routes validate with; a test checks that
+every route the app serves is described here, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from service.api.schemas import FileRequest, InitiateRequest
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _json(ERROR, "Error with the request id") for code in codes}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+    }
+
+
+def _obj(**props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props}
+
+
+STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+NULL_STR, NULL_INT = {"type": ["string", "null"]}, {"type": ["integer", "null"]}
+HEALTH = _obj(
+    status={"enum": ["healthy", "unhealthy"]},
+    checks=_obj(storage={"enum": ["ok", "error"]}, redis={"enum": ["ok", "error"]}),
+)
+STATUS = _obj(
+    jobId=STR,
+    status={"enum": ["queued", "processing", "retrying", "completed", "failed", "cancelled"]},
+    attempt=INT,
+    progress=_obj(done=INT, total=INT, percent={"type": "number"}),
+    files={"type": "array", "items": _obj(file_id=INT, available=BOOL, size=NULL_INT)},
+    createdAt=STR,
+    startedAt=NULL_STR,
+    finishedAt=NULL_STR,
+    error=NULL_STR,
+    size=NULL_INT,
+    downloadUrl=NULL_STR,
+)
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/": {"get": {"summary": "Welcome message", "responses": {"200": _json(_obj(message=STR), "Welcome")}}},
+    "/health": {
+        "get": {
+            "summary": "Health of the service and its dependencies (storage, redis)",
+            "responses": {"200": _json(HEALTH, "Healthy"), "503": _json(HEALTH, "Unhealthy")},
+        }
+    },
+    "/health/live": {
+        "get": {
+            "summary": "Liveness: the process answers",
+            "responses": {"200": _json(_obj(status=STR), "Alive")},
+        }
+    },
+    "/health/ready": {
+        "get": {
+            "summary": "Readiness: Redis and S3 answer",
+            "responses": {"200": _json(HEALTH, "Ready"), "503": _json(HEALTH, "Not ready")},
+        }
+    },
+    "/v1/download/check": {
+        "post": {
+            "summary": "Check whether a file exists in storage (S3 HEAD)",
+            "requestBody": _body(FileRequest),
+            "responses": {
+                "200": _json(
+                    _obj(file_id=INT, available=BOOL, s3Key=NULL_STR, size=NULL_INT), "Availability"
+                ),
+                **_errors(400, 413, 415, 429, 503),
+            },
+        }
+    },
+    "/v1/download/start": {
+        "post": {
+            "summary": "Deprecated synchronous download: holds the request for the whole processing time",
+            "deprecated": True,
+            "requestBody": _body(FileRequest),
+            "responses": {
+                "200": _json(
+                    _obj(
+                        file_id=INT,
+                        status={"enum": ["completed", "failed"]},
+                        downloadUrl=NULL_STR,
+                        size=NULL_INT,
+                        processingTimeMs=INT,
+                        message=STR,
+                    ),
+                    "Finished within REQUEST_TIMEOUT_MS",
+                ),
+                **_errors(400, 413, 415, 429, 504),
+            },
+        }
+    },
+    "/v1/download/initiate": {
+        "post": {
+            "summary": "Start a download job; answers at once with its id (202)",
+            "requestBody": _body(InitiateRequest),
+            "responses": {
+                "202": _json(
+                    _obj(
+                        jobId=STR,
+                        status={"const": "queued"},
+                        totalFileIds=INT,
+                        statusUrl=STR,
+                        streamUrl=STR,
+                        fileUrl=STR,
+                    ),
+                    "Accepted; Location and Retry-After say where and when to poll",
+                ),
+                **_errors(400, 413, 415, 429, 503),
+            },
+        }
+    },
+    "/v1/download/status/{job_id}": {
+        "get": {
+            "summary": "A job's status and progress (Retry-After while it runs)",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(STATUS, "Job status"), **_errors(404, 410, 429, 503)},
+        }
+    },
+    "/v1/download/{job_id}/file": {
+        "get": {
+            "summary": "Redirect (302) to a freshly presigned S3 URL of the job's result",
+            "parameters": [JOB_ID],
+            "responses": {
+                "302": {"description": "Location is a presigned GET URL"},
+                **_errors(404, 409, 410, 429),
+            },
+        }
+    },
+    "/openapi": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    "/docs": {
+        "get": {"summary": "Human-readable API reference", "responses": {"200": {"description": "HTML"}}}
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": _obj(error=STR, message=STR, requestId=STR),
+        FileRequest.__name__: FileRequest.model_json_schema(),
+        InitiateRequest.__name__: InitiateRequest.model_json_schema(),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Delineate download service",
+            "version": "1.0.0",
+            "description": "Long downloads as jobs: initiate, follow (poll, SSE, webhook), fetch from S3.",
+        },
+        "paths": PATHS,
+        "components": {"schemas": schemas},
+    }

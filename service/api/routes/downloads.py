@@ -1,0 +1,163 @@
+"""Download routes: the legacy synchronous pair (check, start) and the async job flow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from service.api.errors import ApiError, error_response
+from service.api.resources import resources
+from service.api.schemas import FileRequest, InitiateRequest, read_body
+from service.jobs import enqueue, state
+from service.jobs.tasks import pick_delay_s
+from service.storage.s3 import source_key
+
+SUCCESSOR = "/v1/download/initiate"
+DEPRECATION_HEADERS = {
+    "Deprecation": "true",
+    "Link": f'<{SUCCESSOR}>; rel="successor-version", </docs>; rel="deprecation"',
+}
+
+
+async def check(request: Request) -> JSONResponse:
+    """Is `downloads/{file_id}.zip` in the bucket? A real S3 HEAD."""
+    res = resources(request)
+    body = await read_body(request, FileRequest, res.settings.max_body_bytes)
+    key = source_key(body.file_id)
+    size = await run_in_threadpool(res.storage.size_of, key)
+    available = size is not None
+    return JSONResponse(
+        {"file_id": body.file_id, "available": available, "s3Key": key if available else None, "size": size}
+    )
+
+
+async def start(request: Request) -> Response:
+    """Deprecated: holds the request for the whole simulated download, as the original did.
+
+    Behind a proxy this is exactly what times out; it is cut at REQUEST_TIMEOUT_MS with a JSON
+    504 so the client hears it from us rather than from the proxy.
+    """
+    res = resources(request)
+    body = await read_body(request, FileRequest, res.settings.max_body_bytes)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(res.settings.request_timeout_ms / 1000):
+            await asyncio.sleep(pick_delay_s(res.settings))
+            key = source_key(body.file_id)
+            size = await run_in_threadpool(res.storage.size_of, key)
+    except TimeoutError:
+        message = (
+            f"Processing took longer than REQUEST_TIMEOUT_MS ({res.settings.request_timeout_ms} ms); "
+            f"use {SUCCESSOR} for long downloads"
+        )
+        return error_response(request, 504, message, DEPRECATION_HEADERS)
+    elapsed_ms = int((time.perf_counter() - started) * 1000)
+    seconds = f"{elapsed_ms / 1000:.1f}"
+    if size is None:
+        payload: dict[str, Any] = {
+            "file_id": body.file_id,
+            "status": "failed",
+            "downloadUrl": None,
+            "size": None,
+            "processingTimeMs": elapsed_ms,
+            "message": f"File not found after {seconds} seconds of processing",
+        }
+    else:
+        url = res.storage.presign(key, f"{body.file_id}.zip")
+        payload = {
+            "file_id": body.file_id,
+            "status": "completed",
+            "downloadUrl": url,
+            "size": size,
+            "processingTimeMs": elapsed_ms,
+            "message": f"Download ready after {seconds} seconds",
+        }
+    return JSONResponse(payload, headers=DEPRECATION_HEADERS)
+
+
+async def initiate(request: Request) -> JSONResponse:
+    """Accept a job and answer at once (202); the job is on its queue before we answer."""
+    res = resources(request)
+    body = await read_body(request, InitiateRequest, res.settings.max_body_bytes)
+    job = state.JobRecord(
+        id=str(uuid.uuid4()),
+        status=state.QUEUED,
+        file_ids=body.file_ids,
+        created_at=state.now_iso(),
+        client=(request.client.host if request.client else ""),
+        queue=enqueue.queue_name(res.settings, len(body.file_ids)),
+    )
+    await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job)
+    status_url = f"/v1/download/status/{job.id}"
+    return JSONResponse(
+        {
+            "jobId": job.id,
+            "status": job.status,
+            "totalFileIds": job.total,
+            "statusUrl": status_url,
+            "streamUrl": f"/v1/download/stream/{job.id}",
+            "fileUrl": f"/v1/download/{job.id}/file",
+        },
+        202,
+        headers={"Location": status_url, "Retry-After": str(res.settings.poll_interval_s)},
+    )
+
+
+async def _load(request: Request) -> state.JobRecord:
+    """The job named in the path, or 404 (never existed) / 410 (expired)."""
+    raw = request.path_params["job_id"]
+    try:
+        job_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, f"No job {raw!r}") from None
+    res = resources(request)
+    async with res.redis.pipeline(transaction=False) as pipe:
+        state.queue_read(pipe, job_id)
+        fields, files = await pipe.execute()
+    job = state.JobRecord.from_redis(fields, files)
+    if job is not None:
+        return job
+    if await res.redis.zscore(state.INDEX_KEY, job_id) is not None:
+        raise ApiError(410, f"Job {job_id} has expired; its results are no longer kept")
+    raise ApiError(404, f"No job {job_id}")
+
+
+def status_body(job: state.JobRecord) -> dict[str, Any]:
+    """The public view of a job (docs/api.md); the download URL is ours, never a presigned one."""
+    percent = round(100 * job.done / job.total, 1) if job.total else 100.0
+    return {
+        "jobId": job.id,
+        "status": job.status,
+        "attempt": job.attempt,
+        "progress": {"done": job.done, "total": job.total, "percent": percent},
+        "files": job.files,
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "finishedAt": job.finished_at,
+        "error": job.error,
+        "size": job.result_size,
+        "downloadUrl": f"/v1/download/{job.id}/file" if job.status == state.COMPLETED else None,
+    }
+
+
+async def status(request: Request) -> JSONResponse:
+    job = await _load(request)
+    headers = {} if job.finished else {"Retry-After": str(resources(request).settings.poll_interval_s)}
+    return JSONResponse(status_body(job), headers=headers)
+
+
+async def file(request: Request) -> Response:
+    """302 to a freshly signed S3 URL: an expired link is never a dead end, just ask again."""
+    job = await _load(request)
+    if job.status != state.COMPLETED or not job.result_key:
+        raise ApiError(409, f"Job {job.id} is {job.status}; the file exists once it is completed")
+    res = resources(request)
+    name = "download.zip" if job.result_key.startswith("results/") else job.result_key.rsplit("/", 1)[-1]
+    url = res.storage.presign(job.result_key, name)
+    return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,161 @@
+"""`delineate api | worker | dev`: the process entry points.
+
+`dev` is what `make run` runs: embedded Redis and S3 when REDIS_URL / S3_ENDPOINT are unset,
+demo files in the bucket, then the API and a worker as child processes until Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from service.settings import Settings, SettingsError, load_settings
+from service.telemetry.logging import configure, get_logger
+
+DEV_DELAY_DEFAULTS = {"DOWNLOAD_DELAY_MIN_MS": "5000", "DOWNLOAD_DELAY_MAX_MS": "15000"}
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"delineate: cannot start:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_api(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "service.api.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.api_workers,
+        timeout_keep_alive=settings.uvicorn_keepalive_s,
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,  # ClientAddressMiddleware decides, with TRUSTED_PROXIES
+        server_header=False,
+        access_log=False,
+        log_config=None,
+    )
+
+
+def run_worker(settings: Settings, *, burst: bool = False) -> None:
+    from rq.worker import DequeueStrategy
+
+    from service.jobs import context, enqueue
+    from service.jobs.worker import DownloadWorker
+
+    ctx = context.JobContext.from_settings(settings)
+    context.install(ctx)
+    worker = DownloadWorker(
+        list(enqueue.QUEUES),
+        connection=ctx.redis,
+        concurrency=settings.worker_concurrency,
+        job_monitoring_interval=settings.worker_heartbeat_s,
+        maintenance_interval=settings.worker_maintenance_s,
+    )
+    worker.work(
+        burst=burst,
+        with_scheduler=True,
+        dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+        logging_level=settings.log_level.upper(),
+    )
+
+
+def run_dev(settings: Settings) -> int:
+    """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
+    from service import embedded
+
+    log = get_logger("delineate.dev")
+    env = dict(os.environ)
+    for name, value in DEV_DELAY_DEFAULTS.items():
+        env.setdefault(name, value)
+    home = Path(tempfile.mkdtemp(prefix="delineate-dev-"))
+    servers: list[embedded.Server] = []
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if not settings.redis_url:
+            redis_server = embedded.start_redis(home / "redis")
+            servers.append(redis_server)
+            env["REDIS_URL"] = redis_server.url
+            log.info("embedded_redis_started", url=redis_server.url, note="REDIS_URL was unset")
+        if not settings.s3_endpoint:
+            s3 = embedded.start_seaweed(home / "s3")
+            servers.append(s3)
+            env.update(
+                S3_ENDPOINT=s3.url,
+                S3_ACCESS_KEY_ID=embedded.DEV_ACCESS_KEY,
+                S3_SECRET_ACCESS_KEY=embedded.DEV_SECRET_KEY,
+                S3_FORCE_PATH_STYLE="true",
+            )
+            client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
+            keys = embedded.seed(client, settings.s3_bucket_name)
+            log.info(
+                "embedded_s3_started",
+                url=s3.url,
+                bucket=settings.s3_bucket_name,
+                seeded=f"{len(keys)} demo files {keys[0]} .. {keys[-1]}",
+                note="S3_ENDPOINT was unset",
+            )
+        me = [sys.executable, "-m", "service"]
+        children.append(subprocess.Popen([*me, "worker"], env=env))
+        children.append(subprocess.Popen([*me, "api"], env=env))
+        port = env.get("PORT", str(settings.port))
+        log.info(
+            "delineate_dev_ready",
+            api=f"http://127.0.0.1:{port}",
+            ui=f"http://127.0.0.1:{port}/ui",
+            delay_ms=f"{env['DOWNLOAD_DELAY_MIN_MS']}-{env['DOWNLOAD_DELAY_MAX_MS']}",
+        )
+        stop = {"signal": False}
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop["signal"] = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not stop["signal"] and all(child.poll() is None for child in children):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                children[0].wait(0.5)
+        failed = [child for child in children if child.poll() not in (None, 0)]
+        return 1 if failed and not stop["signal"] else 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for server in reversed(servers):
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="delineate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="serve the HTTP API (uvicorn)")
+    worker = sub.add_parser("worker", help="run a download worker (RQ)")
+    worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    sub.add_parser("dev", help="API + worker (+ embedded Redis and S3 when unset): what `make run` runs")
+    args = parser.parse_args(argv)
+
+    if args.command == "dev":
+        os.environ.setdefault("LOG_FORMAT", "console")
+    settings = _settings()
+    configure(settings.log_level, settings.log_format)
+    if args.command == "api":
+        run_api(settings)
+    elif args.command == "worker":
+        run_worker(settings, burst=args.burst)
+    elif args.command == "dev":
+        raise SystemExit(run_dev(settings))

@@ -1,0 +1,1 @@
+"""Download jobs: their Redis schema, how they are enqueued, run and reported."""

@@ -1,0 +1,175 @@
+"""The job schema in Redis (docs/jobs.md describes it for operators).
+
+Keys, all under the `delineate:` prefix and all expiring JOB_TTL_S after the last write:
+- `job:{id}`         hash: the job's fields (below), the single source of truth for clients.
+- `job:{id}:files`   list: one JSON object per processed file, in processing order.
+- `job:{id}:events`  stream: every state change, for SSE replay (entry ids are SSE ids).
+- `jobs`             sorted set: job id -> creation time; tells an expired job (410) from an
+                     unknown one (404), and lets the reaper find jobs.
+Changes are also announced on the pub/sub channel `events` (message: the job id) so each API
+process needs one subscription for all its streams.
+
+The functions queue commands on a pipeline, sync or async alike, and never execute it: the
+caller chooses what else goes in the same MULTI (for example RQ's own enqueue commands).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PREFIX = "delineate:"
+INDEX_KEY = PREFIX + "jobs"
+EVENTS_CHANNEL = PREFIX + "events"
+EVENTS_MAXLEN = 2_000
+
+QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED, CANCELLED = (
+    "queued",
+    "processing",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def files_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:files"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class JobRecord:
+    """One job as stored; `files` holds the per-file results written so far."""
+
+    id: str
+    status: str
+    file_ids: list[int]
+    created_at: str
+    client: str = ""
+    queue: str = ""
+    done: int = 0
+    attempt: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    result_key: str | None = None
+    result_size: int | None = None
+    traceparent: str | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.file_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_hash(self) -> dict[str, str]:
+        values = {
+            "id": self.id,
+            "status": self.status,
+            "file_ids": json.dumps(self.file_ids),
+            "created_at": self.created_at,
+            "client": self.client,
+            "queue": self.queue,
+            "done": str(self.done),
+            "attempt": str(self.attempt),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result_key": self.result_key,
+            "result_size": None if self.result_size is None else str(self.result_size),
+            "traceparent": self.traceparent,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+    @classmethod
+    def from_redis(cls, fields: dict[Any, Any], files: list[Any]) -> JobRecord | None:
+        if not fields:
+            return None
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        size = text.get("result_size")
+        return cls(
+            id=text["id"],
+            status=text["status"],
+            file_ids=json.loads(text["file_ids"]),
+            created_at=text["created_at"],
+            client=text.get("client", ""),
+            queue=text.get("queue", ""),
+            done=int(text.get("done", 0)),
+            attempt=int(text.get("attempt", 0)),
+            started_at=text.get("started_at"),
+            finished_at=text.get("finished_at"),
+            error=text.get("error"),
+            result_key=text.get("result_key"),
+            result_size=int(size) if size else None,
+            traceparent=text.get("traceparent"),
+            files=[json.loads(_text(item)) for item in files],
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def queue_create(pipe: Any, job: JobRecord, ttl_s: int) -> None:
+    """Write a new job and its `queued` event."""
+    pipe.hset(job_key(job.id), mapping=job.to_hash())
+    pipe.expire(job_key(job.id), ttl_s)
+    pipe.zadd(INDEX_KEY, {job.id: datetime.now(UTC).timestamp()})
+    queue_event(pipe, job.id, QUEUED, {"status": QUEUED}, ttl_s)
+
+
+def queue_update(pipe: Any, job_id: str, ttl_s: int, event: str, **fields: Any) -> None:
+    """Set fields (None deletes one) and announce the change as `event`."""
+    updates = {name: str(value) for name, value in fields.items() if value is not None}
+    removed = [name for name, value in fields.items() if value is None]
+    if updates:
+        pipe.hset(job_key(job_id), mapping=updates)
+    if removed:
+        pipe.hdel(job_key(job_id), *removed)
+    pipe.expire(job_key(job_id), ttl_s)
+    queue_event(pipe, job_id, event, {name: value for name, value in fields.items()}, ttl_s)
+
+
+def queue_file_done(
+    pipe: Any, job_id: str, ttl_s: int, result: dict[str, Any], done: int, total: int
+) -> None:
+    """Record one processed file and the progress it makes."""
+    pipe.rpush(files_key(job_id), json.dumps(result))
+    pipe.expire(files_key(job_id), ttl_s)
+    pipe.hset(job_key(job_id), "done", str(done))
+    queue_event(pipe, job_id, "progress", {"done": done, "total": total, "file": result}, ttl_s)
+
+
+def queue_event(pipe: Any, job_id: str, event: str, data: dict[str, Any], ttl_s: int) -> None:
+    pipe.xadd(
+        events_key(job_id),
+        {"event": event, "data": json.dumps(data)},
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )
+    pipe.expire(events_key(job_id), ttl_s)
+    pipe.publish(EVENTS_CHANNEL, job_id)
+
+
+def queue_read(pipe: Any, job_id: str) -> None:
+    """Queue the two reads `JobRecord.from_redis(*results[-2:])` needs."""
+    pipe.hgetall(job_key(job_id))
+    pipe.lrange(files_key(job_id), 0, -1)

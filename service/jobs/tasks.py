@@ -1,0 +1,152 @@
+"""The download job: what a worker does between `queued` and a terminal state.
+
+For each file: wait its share of the simulated delay (cancellable), HEAD the source object,
+record progress. Then publish the result: the object itself for one file, a zip streamed to
+S3 for several. A retried run resumes after the files already recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import get_current_job
+from rq.job import Job
+
+from service.jobs import cancellation, context, state
+from service.settings import Settings
+from service.storage.s3 import bundle_key, source_key
+
+MAX_GUARD_TRIES = 20
+
+
+class JobGone(Exception):
+    """The job's state expired or was cancelled/finished elsewhere: stop quietly."""
+
+
+def transition(conn: redis.Redis, job_id: str, write: Callable[[Any], None]) -> None:
+    """Apply `write` to the job only while it is not terminal (optimistic WATCH/MULTI).
+
+    This is what keeps a cancel from being overwritten by a worker finishing at the same
+    moment, and a late progress event from following a terminal one.
+    """
+    key = state.job_key(job_id)
+    for _ in range(MAX_GUARD_TRIES):
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                status = pipe.hget(key, "status")
+                if status is None or status.decode() in state.TERMINAL:
+                    raise JobGone(job_id)
+                pipe.multi()
+                write(pipe)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+    raise RuntimeError(f"job {job_id}: state kept changing under the worker")
+
+
+def load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:
+    with conn.pipeline(transaction=False) as pipe:
+        state.queue_read(pipe, job_id)
+        fields, files = pipe.execute()
+    return state.JobRecord.from_redis(fields, files)
+
+
+def pick_delay_s(settings: Settings) -> float:
+    """The whole job's simulated processing time, drawn as the original service drew it."""
+    if not settings.download_delay_enabled:
+        return 0.0
+    return random.randint(settings.download_delay_min_ms, settings.download_delay_max_ms) / 1000
+
+
+def process_download(job_id: str) -> dict[str, Any] | None:
+    """RQ entry point (the API enqueues it by this name)."""
+    ctx = context.current()
+    conn, ttl = ctx.redis, ctx.settings.job_ttl_s
+    job = load(conn, job_id)
+    if job is None or job.finished:
+        return None
+    rq_job = get_current_job()
+    attempt = 1 + ctx.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
+    cancelled = cancellation.event_for(job_id)
+    try:
+        transition(
+            conn,
+            job_id,
+            lambda p: state.queue_update(
+                p,
+                job_id,
+                ttl,
+                state.PROCESSING,
+                status=state.PROCESSING,
+                attempt=attempt,
+                started_at=job.started_at or state.now_iso(),
+                error=None,
+            ),
+        )
+        remaining = job.file_ids[job.done :]
+        per_file = pick_delay_s(ctx.settings) / max(len(job.file_ids), 1)
+        results = list(job.files[: job.done])
+        for file_id in remaining:
+            if cancelled.wait(per_file):
+                return None
+            key = source_key(file_id)
+            size = ctx.storage.size_of(key)
+            result = {"file_id": file_id, "available": size is not None, "size": size}
+            results.append(result)
+            done = len(results)
+            transition(
+                conn,
+                job_id,
+                lambda p, r=result, d=done: state.queue_file_done(p, job_id, ttl, r, d, job.total),
+            )
+        return _publish(ctx, job_id, results)
+    except JobGone:
+        return None
+
+
+def _publish(ctx: context.JobContext, job_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    ttl = ctx.settings.job_ttl_s
+    found = [r for r in results if r["available"]]
+    if not found:
+        error = f"none of the {len(results)} requested files exist"
+        fields: dict[str, Any] = {"status": state.FAILED, "error": error}
+    elif len(found) == 1:
+        fields = {"status": state.COMPLETED, "result_key": source_key(found[0]["file_id"])}
+        fields["result_size"] = found[0]["size"]
+    else:
+        key = bundle_key(job_id)
+        members = [(f"{r['file_id']}.zip", source_key(r["file_id"])) for r in found]
+        fields = {
+            "status": state.COMPLETED,
+            "result_key": key,
+            "result_size": ctx.storage.write_zip(key, members),
+        }
+    fields["finished_at"] = state.now_iso()
+    transition(ctx.redis, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields))
+    return fields
+
+
+def on_failure(job: Job, connection: redis.Redis, exc_type: type, exc: BaseException, tb: Any) -> None:
+    """RQ failure callback: `retrying` while RQ will run the job again, else `failed`.
+
+    RQ calls it before it decides, so `retries_left > 0` means a retry follows.
+    """
+    job_id = job.id
+    ttl = context.current().settings.job_ttl_s
+    retrying = bool(job.retries_left and job.retries_left > 0)
+    reason = f"{exc_type.__name__}: {exc}"[:500]
+    fields: dict[str, Any] = {"error": reason}
+    if retrying:
+        fields["status"] = state.RETRYING
+    else:
+        fields.update(status=state.FAILED, finished_at=state.now_iso())
+    with contextlib.suppress(JobGone):
+        transition(
+            connection, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields)
+        )

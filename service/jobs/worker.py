@@ -1,0 +1,111 @@
+"""An RQ worker that runs many I/O-bound downloads at once in one process.
+
+RQ's forking Worker gives each job its own process (about 45 MB each, about 40 jobs/s), which
+cannot carry a thousand two-minute downloads on one box. This worker keeps RQ's model (RQ 3
+already tracks several executions per worker) and runs each job's `perform_job` in a thread:
+
+- the main loop dequeues only while one of WORKER_CONCURRENCY slots is free;
+- every execution is registered as RQ's own `Execution`, so StartedJobRegistry, the worker's
+  execution index and RQ's abandoned-job handling stay truthful per job;
+- a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
+  three beats, so a worker killed with SIGKILL has its jobs retried soon after;
+- job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's stop-job
+  command sets the job's cancel event instead of killing a process.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import BaseWorker, WorkerStatus
+
+from service.jobs import cancellation
+
+
+class DownloadWorker(BaseWorker):
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: object, concurrency: int = 32, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="download")
+        self._running: dict[str, tuple[Job, Execution]] = {}
+        self._stop_beating = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    # -- RQ hooks --------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Start the job in the pool, then return once a slot is free for the next dequeue."""
+        self._slots.acquire()
+        self._start_heartbeats()
+        execution = self.prepare_execution(job)
+        self._running[execution.id] = (job, execution)
+        cancellation.track(job.id)
+        self._pool.submit(self._perform, job, queue, execution)
+        while not self._slots.acquire(timeout=1.0):
+            if self._stop_requested:
+                return
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+        self._slots.release()
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Three missed beats and the execution counts as abandoned."""
+        return max(3 * self.job_monitoring_interval, 3)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Wake up for maintenance (abandoned-job cleanup) even when no job arrives."""
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
+    def set_state(self, state: str, pipeline: object | None = None) -> None:
+        """RQ marks a worker idle before each dequeue; it is busy while any download runs."""
+        if state == WorkerStatus.IDLE and self._running:
+            state = WorkerStatus.BUSY
+        super().set_state(state, pipeline=pipeline)  # type: ignore[arg-type]
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """RQ's stop-job command (from the pub/sub thread): signal the download to stop."""
+        running = self._running.get(execution_id)
+        if running is None:
+            self.log.warning("Not running execution %s, stop command ignored.", execution_id)
+            return
+        cancellation.cancel(running[0].id)
+
+    def teardown(self) -> None:
+        """Warm shutdown: let running downloads finish (a second SIGTERM is a cold one)."""
+        self._pool.shutdown(wait=True)
+        self._stop_beating.set()
+        super().teardown()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            cancellation.forget(job.id)
+            self._running.pop(execution.id, None)
+            self._slots.release()
+            if not self._running:
+                self.set_state(WorkerStatus.IDLE)
+
+    def _start_heartbeats(self) -> None:
+        if self._beater is None:
+            self._beater = threading.Thread(target=self._beat, name="heartbeats", daemon=True)
+            self._beater.start()
+
+    def _beat(self) -> None:
+        while not self._stop_beating.wait(self.job_monitoring_interval):
+            for job, execution in list(self._running.values()):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except Exception:
+                    self.log.exception("heartbeat for job %s failed", job.id)

@@ -1,0 +1,120 @@
+"""Every setting the service reads, from environment variables, validated once at start-up.
+
+The original Node service's names are kept (PORT, S3_*, REQUEST_TIMEOUT_MS, RATE_LIMIT_*,
+CORS_ORIGINS, DOWNLOAD_DELAY_*) so existing deployments keep their configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+FILE_ID_MIN = 10_000
+FILE_ID_MAX = 100_000_000
+FILE_IDS_MAX = 1_000
+
+
+class SettingsError(RuntimeError):
+    """Raised with one line per invalid environment variable, named as the operator sets it."""
+
+
+class Settings(BaseSettings):
+    """Environment variables, case-insensitive; see the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # HTTP
+    host: str = "0.0.0.0"
+    port: int = Field(3000, ge=1, le=65535)
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    max_body_bytes: int = Field(64 * 1024, ge=1_024)
+    cors_origins: Annotated[list[str], NoDecode] = ["*"]
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    rate_limit_window_ms: int = Field(60_000, ge=1_000)
+    rate_limit_max_requests: int = Field(100, ge=1)
+    poll_interval_s: int = Field(2, ge=1, le=300)
+    uvicorn_keepalive_s: int = Field(75, ge=1)
+    api_workers: int = Field(1, ge=1, le=64)
+
+    # Redis
+    redis_url: str | None = None
+
+    # S3
+    s3_endpoint: str | None = None
+    s3_public_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_bucket_name: str = Field("delineate", min_length=3)
+    s3_force_path_style: bool = False
+    s3_presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
+    s3_max_attempts: int = Field(4, ge=1, le=20)
+
+    # Simulated processing, as in the original service
+    download_delay_enabled: bool = True
+    download_delay_min_ms: int = Field(10_000, ge=0)
+    download_delay_max_ms: int = Field(120_000, ge=0)
+
+    # Jobs and workers
+    worker_concurrency: int = Field(32, ge=1, le=2_048)
+    worker_heartbeat_s: int = Field(10, ge=1)
+    worker_maintenance_s: int = Field(30, ge=1)
+    job_timeout_s: int = Field(900, ge=1)
+    job_max_retries: int = Field(3, ge=0, le=20)
+    job_retry_base_s: float = Field(2.0, ge=0)
+    job_ttl_s: int = Field(24 * 3600, ge=60)
+    small_job_max_files: int = Field(10, ge=1)
+
+    # Logs
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _delay_range(self) -> Settings:
+        if self.download_delay_min_ms > self.download_delay_max_ms:
+            raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
+        return self
+
+    @cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A validated copy: used by `delineate dev` to point at the embedded Redis and S3."""
+        return Settings(**{**self.model_dump(), **changes})
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; turn pydantic's error into one readable line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            shown = "" if "SECRET" in name else f" (got {error.get('input')!r})"
+            lines.append(f"invalid setting {name}: {error['msg']}{shown}")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""S3-compatible object storage, spoken only through boto3."""
