@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     poll_interval_s: int = Field(2, ge=1, le=300)
     uvicorn_keepalive_s: int = Field(75, ge=1)
     api_workers: int = Field(1, ge=1, le=64)
+    sse_heartbeat_s: float = Field(15, gt=0)
+    sse_max_stream_s: float = Field(300, gt=0)
+    sse_retry_ms: int = Field(2_000, ge=100)
 
     # Redis
     redis_url: str | None = None

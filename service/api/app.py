@@ -22,10 +22,11 @@ from starlette.staticfiles import StaticFiles
 
 from service.api import openapi
 from service.api.errors import HANDLERS
+from service.api.events import EventHub
 from service.api.middleware import ClientAddressMiddleware, RateLimitMiddleware, RequestContextMiddleware
 from service.api.ratelimit import RateLimiter
 from service.api.resources import Resources
-from service.api.routes import downloads, system
+from service.api.routes import downloads, stream, system
 from service.settings import Settings, load_settings
 
 STATIC = package_files.files("service.api") / "static"
@@ -52,16 +53,20 @@ def routes() -> list[Route | Mount]:
         Route("/v1/download/initiate", downloads.initiate, methods=["POST"]),
         Route("/v1/download/status/{job_id}", downloads.status, methods=["GET"]),
         Route("/v1/download/{job_id}/file", downloads.file, methods=["GET"]),
+        Route("/v1/download/stream/{job_id}", stream.stream, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
 
 
 def create_app(settings: Settings) -> Starlette:
     resources = Resources.open(settings)
+    hub = EventHub(resources.redis)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
         yield
+        await hub.stop()
         await resources.close()
 
     limiter = RateLimiter(resources.redis, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
@@ -93,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(routes=routes(), middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.resources = resources
+    app.state.hub = hub
     app.state.openapi = openapi.document()
     return app
 

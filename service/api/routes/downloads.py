@@ -109,7 +109,7 @@ async def initiate(request: Request) -> JSONResponse:
     )
 
 
-async def _load(request: Request) -> state.JobRecord:
+async def load_job(request: Request) -> state.JobRecord:
     """The job named in the path, or 404 (never existed) / 410 (expired)."""
     raw = request.path_params["job_id"]
     try:
@@ -147,14 +147,14 @@ def status_body(job: state.JobRecord) -> dict[str, Any]:
 
 
 async def status(request: Request) -> JSONResponse:
-    job = await _load(request)
+    job = await load_job(request)
     headers = {} if job.finished else {"Retry-After": str(resources(request).settings.poll_interval_s)}
     return JSONResponse(status_body(job), headers=headers)
 
 
 async def file(request: Request) -> Response:
     """302 to a freshly signed S3 URL: an expired link is never a dead end, just ask again."""
-    job = await _load(request)
+    job = await load_job(request)
     if job.status != state.COMPLETED or not job.result_key:
         raise ApiError(409, f"Job {job.id} is {job.status}; the file exists once it is completed")
     res = resources(request)

@@ -1,0 +1,145 @@
+"""Job events for SSE: one Redis subscription per API process, fanned out to its streams.
+
+Workers append every change to the job's Redis Stream and publish the job id on one channel.
+The hub listens on that channel once per process; when a job with local subscribers changes it
+reads the stream once from its cursor and hands the entries to every subscriber. A subscriber
+registers before it reads its snapshot/backlog, and drops entries it has already sent (by
+stream id), so an event landing between the two is neither lost nor sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.jobs import state
+from service.telemetry.logging import get_logger
+
+log = get_logger(__name__)
+Entry = tuple[str, dict[str, str]]  # (stream id, {"event": ..., "data": ...})
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """Redis Stream ids compare as (milliseconds, sequence)."""
+    millis, _, seq = value.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def decode(entries: list[Any]) -> list[Entry]:
+    return [
+        (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+        for entry_id, fields in entries or []
+    ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(eq=False)
+class Subscription:
+    job_id: str
+    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+
+
+class EventHub:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._pulling: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closing: anyio.Event | None = None  # set by sse-starlette when the server shuts down
+
+    @property
+    def connections(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    async def start(self) -> None:
+        self.closing = anyio.Event()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="event-hub"),
+            asyncio.create_task(self._wake_on_close(), name="event-hub-close"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _wake_on_close(self) -> None:
+        """On shutdown, wake every stream (an empty batch) so each ends cleanly."""
+        assert self.closing is not None
+        await self.closing.wait()
+        for subs in list(self._subscribers.values()):
+            for subscription in subs:
+                subscription.queue.put_nowait([])
+
+    def subscribe(self, job_id: str) -> Subscription:
+        subscription = Subscription(job_id)
+        self._subscribers.setdefault(job_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subs = self._subscribers.get(subscription.job_id)
+        if subs is None:
+            return
+        subs.discard(subscription)
+        if not subs:
+            del self._subscribers[subscription.job_id]
+            self._cursors.pop(subscription.job_id, None)
+
+    async def _listen(self) -> None:
+        """Follow the channel for the life of the process; resubscribe after Redis outages."""
+        delay = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(state.EVENTS_CHANNEL)
+                delay = 0.1
+                for job_id in list(self._subscribers):  # catch up on what an outage hid
+                    self._notify(job_id)
+                async for message in pubsub.listen():
+                    job_id = _text(message["data"])
+                    if job_id in self._subscribers:
+                        self._notify(job_id)
+            except (RedisError, OSError) as exc:
+                log.warning("event_hub_reconnecting", error=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _notify(self, job_id: str) -> None:
+        self._dirty.add(job_id)
+        if job_id not in self._pulling:
+            self._pulling.add(job_id)
+            asyncio.get_running_loop().create_task(self._pull(job_id))
+
+    async def _pull(self, job_id: str) -> None:
+        """Read new entries once per change, however many local subscribers the job has."""
+        try:
+            while job_id in self._dirty and job_id in self._subscribers:
+                self._dirty.discard(job_id)
+                cursor = self._cursors.get(job_id)
+                raw = await self.redis.xrange(state.events_key(job_id), min=f"({cursor}" if cursor else "-")
+                entries = decode(raw)
+                if not entries or job_id not in self._subscribers:
+                    continue
+                self._cursors[job_id] = entries[-1][0]
+                for subscription in self._subscribers[job_id]:
+                    subscription.queue.put_nowait(entries)
+        except RedisError as exc:
+            log.warning("event_hub_read_failed", job_id=job_id, error=type(exc).__name__)
+        finally:
+            self._pulling.discard(job_id)

@@ -1,0 +1,128 @@
+"""GET /v1/download/stream/{job_id}: Server-Sent Events for one job.
+
+A fresh client gets a `snapshot` (the full status) and then live events; a client that
+reconnects with Last-Event-ID gets exactly what it missed. Events: `status` (queued,
+processing, retrying), `progress` (a file finished), then one terminal event (`completed`,
+`failed` or `cancelled`) after which the stream ends. A heartbeat comment every
+SSE_HEARTBEAT_S keeps proxies from cutting an idle stream; after SSE_MAX_STREAM_S, or when the
+process shuts down, the stream ends cleanly and the client resumes with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.events import Entry, EventHub, decode, stream_id
+from service.api.resources import resources
+from service.api.routes.downloads import load_job, status_body
+from service.jobs import state
+
+STATUS_EVENTS = {state.QUEUED, state.PROCESSING, state.RETRYING}
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def present(job_id: str, entry: Entry) -> ServerSentEvent:
+    """A stored event as the client sees it (terminal events carry the result summary)."""
+    entry_id, fields = entry
+    name, data = fields["event"], json.loads(fields["data"])
+    if name in state.TERMINAL:
+        payload: dict[str, Any] = {
+            "jobId": job_id,
+            "status": name,
+            "error": data.get("error"),
+            "size": int(data["result_size"]) if data.get("result_size") not in (None, "") else None,
+            "finishedAt": data.get("finished_at"),
+            "downloadUrl": f"/v1/download/{job_id}/file" if name == state.COMPLETED else None,
+        }
+    elif name == "progress":
+        total = data["total"] or 1
+        payload = {**data, "percent": round(100 * data["done"] / total, 1)}
+        name = "progress"
+    else:
+        payload = {"jobId": job_id, **data}
+        name = "status"
+    return ServerSentEvent(data=json.dumps(payload), event=name, id=entry_id)
+
+
+async def stream(request: Request) -> Response:
+    job = await load_job(request)
+    res = resources(request)
+    hub: EventHub = request.app.state.hub
+    last_event_id = request.headers.get("last-event-id") or None
+    subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
+    try:
+        key = state.events_key(job.id)
+        async with res.redis.pipeline(transaction=True) as pipe:
+            state.queue_read(pipe, job.id)
+            if last_event_id:
+                pipe.xrange(key, min=f"({last_event_id}")
+            else:
+                pipe.xrevrange(key, count=2)
+            fields, files, raw = await pipe.execute()
+        current = state.JobRecord.from_redis(fields, files) or job
+        backlog = decode(raw) if last_event_id else list(reversed(decode(raw)))
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+    if last_event_id and current.finished and not backlog:
+        hub.unsubscribe(subscription)
+        return Response(status_code=204)  # nothing left to send: EventSource stops reconnecting
+
+    settings = res.settings
+    assert hub.closing is not None
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        try:
+            sent = "0-0"
+            if last_event_id:
+                sent = last_event_id
+                to_send = backlog
+            else:
+                terminal = [e for e in backlog if e[1]["event"] in state.TERMINAL]
+                before = [e for e in backlog if e not in terminal]
+                snapshot_id = before[-1][0] if before else "0-0"
+                yield ServerSentEvent(
+                    data=json.dumps(status_body(current)),
+                    event="snapshot",
+                    id=snapshot_id,
+                    retry=settings.sse_retry_ms,
+                )
+                sent = snapshot_id
+                to_send = terminal if current.finished else []
+            for entry in to_send:
+                yield present(job.id, entry)
+                sent = entry[0]
+                if entry[1]["event"] in state.TERMINAL:
+                    return
+            deadline = time.monotonic() + settings.sse_max_stream_s
+            while not hub.closing.is_set():
+                entries: list[Entry] = []
+                with anyio.move_on_after(deadline - time.monotonic()):
+                    entries = await subscription.queue.get()
+                if not entries:  # lifetime reached or shutting down: end cleanly, client resumes
+                    return
+                for entry in entries:
+                    if stream_id(entry[0]) <= stream_id(sent):
+                        continue
+                    yield present(job.id, entry)
+                    sent = entry[0]
+                    if entry[1]["event"] in state.TERMINAL:
+                        return
+        finally:
+            hub.unsubscribe(subscription)
+
+    return EventSourceResponse(
+        events(),
+        headers=HEADERS,
+        ping=settings.sse_heartbeat_s,
+        shutdown_event=hub.closing,
+        shutdown_grace_period=1.0,
+    )

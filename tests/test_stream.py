@@ -1,0 +1,115 @@
+"""SSE: snapshot, progress, terminal event, heartbeats, resume with Last-Event-ID."""
+
+from __future__ import annotations
+
+import threading
+
+from tests import sse
+from tests.jobs import initiate, wait_for
+
+
+def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="1500", DOWNLOAD_DELAY_MAX_MS="1500", SSE_HEARTBEAT_S="0.2")
+    with stack.client() as client:
+        job_id = initiate(client, [70000, 70007, 70014])
+        response, items = sse.collect(client, job_id)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        got = sse.events(items)
+        assert got[0].event == "snapshot" and got[0].retry and got[0].json()["jobId"] == job_id
+        progress = [e.json()["done"] for e in got if e.event == "progress"]
+        assert progress == [1, 2, 3][-len(progress) :] and progress[-1] == 3
+        assert got[-1].event == "completed"
+        assert got[-1].json()["downloadUrl"] == f"/v1/download/{job_id}/file"
+        assert all(e.id for e in got)
+        ids = [e.id for e in got]
+        assert len(set(ids)) == len(ids)
+        assert any(isinstance(item, sse.Comment) for item in items), "no heartbeat seen in 1.5 s"
+
+
+def test_reconnect_with_last_event_id_gets_only_what_was_missed(make_stack):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="1200", DOWNLOAD_DELAY_MAX_MS="1200")
+    with stack.client() as client:
+        job_id = initiate(client, [70000, 70007, 70014, 70021])
+        first: list[sse.Event] = []
+        with client.stream("GET", f"/v1/download/stream/{job_id}") as response:
+            for item in sse.read(response):
+                if isinstance(item, sse.Event):
+                    first.append(item)
+                    if item.event == "progress":
+                        break  # the client drops after the first progress event
+        wait_for(client, job_id)
+        response, items = sse.collect(client, job_id, last_event_id=first[-1].id)
+        rest = sse.events(items)
+        assert [e.event for e in rest] == ["progress"] * (4 - first[-1].json()["done"]) + ["completed"]
+        seen = {e.id for e in first}
+        assert not seen & {e.id for e in rest}, "an event was sent twice"
+        # and after the terminal event there is nothing left: 204 stops EventSource reconnecting
+        done_response, _ = sse.collect(client, job_id, last_event_id=rest[-1].id)
+        assert done_response.status_code == 204
+
+
+def test_connecting_after_the_end_gets_snapshot_and_terminal_at_once(stack):
+    with stack.client() as client:
+        job_id = initiate(client, [12_345])
+        wait_for(client, job_id)
+        _, items = sse.collect(client, job_id, timeout_s=5)
+        got = sse.events(items)
+        assert [e.event for e in got] == ["snapshot", "failed"]
+        assert got[0].json()["status"] == "failed"
+        assert "none of the 1 requested files exist" in got[1].json()["error"]
+
+
+def test_stream_of_unknown_job_is_404_json(stack):
+    with stack.client() as client:
+        response = client.get("/v1/download/stream/00000000-0000-4000-8000-000000000000")
+        assert response.status_code == 404
+        assert response.json()["requestId"] == response.headers["x-request-id"]
+
+
+def test_stream_ends_at_its_maximum_lifetime_and_resumes(make_stack):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="2500", DOWNLOAD_DELAY_MAX_MS="2500", SSE_MAX_STREAM_S="0.8")
+    with stack.client() as client:
+        job_id = initiate(client, [70000, 70007])
+        _, items = sse.collect(client, job_id)
+        got = sse.events(items)
+        assert got and got[-1].event not in {"completed", "failed"}  # ended by lifetime, not by job
+        last = got[-1].id
+        final: list[sse.Event] = []
+        for _ in range(10):  # a client resumes as EventSource would
+            response, items = sse.collect(client, job_id, last_event_id=last)
+            if response.status_code == 204:
+                break
+            batch = sse.events(items)
+            final += batch
+            last = batch[-1].id if batch else last
+            if batch and batch[-1].event == "completed":
+                break
+        assert final[-1].event == "completed"
+        assert sum(1 for e in got + final if e.event == "progress") == 2
+
+
+def test_many_clients_share_one_subscription_and_all_get_the_end(make_stack):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="800", DOWNLOAD_DELAY_MAX_MS="800")
+    results: list[str] = []
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+
+        def follow() -> None:
+            with stack.client() as own:
+                _, items = sse.collect(own, job_id)
+                results.append(sse.events(items)[-1].event)
+
+        threads = [threading.Thread(target=follow) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert results == ["completed"] * 20
+        import redis
+
+        conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+        # one pub/sub subscriber for the events channel (the API process), not one per client
+        assert conn.pubsub_numsub("delineate:events")[0][1] == 1
