@@ -145,6 +145,18 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/v1/download/stream/{job_id}": {
+        "get": {
+            "summary": "Server-Sent Events: snapshot, status, progress, then completed|failed|cancelled",
+            "description": "Send Last-Event-ID to resume; heartbeat comments every SSE_HEARTBEAT_S.",
+            "parameters": [JOB_ID],
+            "responses": {
+                "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                "204": {"description": "Resumed after the terminal event: nothing left"},
+                **_errors(404, 410, 429),
+            },
+        }
+    },
     "/openapi": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
     "/docs": {
         "get": {"summary": "Human-readable API reference", "responses": {"200": {"description": "HTML"}}}
