@@ -1,0 +1,96 @@
+"""The two commands and start-up validation, run as a newcomer would run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from service import embedded
+from service.settings import SettingsError, load_settings
+from tests.jobs import initiate, wait_for
+from tests.procs import ROOT
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "not-a-port"),
+        ("PORT", "70000"),
+        ("REQUEST_TIMEOUT_MS", "10"),
+        ("RATE_LIMIT_MAX_REQUESTS", "0"),
+        ("DOWNLOAD_DELAY_ENABLED", "maybe"),
+        ("TRUSTED_PROXIES", "10.0.0.0/99"),
+        ("WORKER_CONCURRENCY", "0"),
+    ],
+)
+def test_invalid_setting_stops_start_up_naming_the_variable(name, value):
+    env = {**os.environ, name: value, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert f"invalid setting {name}" in result.stderr
+
+
+def test_delay_range_must_be_ordered_and_secrets_are_not_echoed(monkeypatch):
+    monkeypatch.setenv("DOWNLOAD_DELAY_MIN_MS", "5000")
+    monkeypatch.setenv("DOWNLOAD_DELAY_MAX_MS", "1000")
+    with pytest.raises(SettingsError, match="DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS"):
+        load_settings()
+    monkeypatch.delenv("DOWNLOAD_DELAY_MIN_MS")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "x" * 10)
+    monkeypatch.setenv("S3_BUCKET_NAME", "ab")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "S3_BUCKET_NAME" in str(info.value) and "x" * 10 not in str(info.value)
+
+
+def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
+    port = embedded.free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("S3_", "REDIS_", "DOWNLOAD_", "MAKE", "MFLAGS"))
+    }
+    env.update(PORT=str(port), DOWNLOAD_DELAY_MIN_MS="200", DOWNLOAD_DELAY_MAX_MS="400")
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["make", "run"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        embedded.wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 90, "make run", process
+        )
+        with httpx.Client(base_url=url, timeout=10) as client:
+            job_id = initiate(client, [70000, 70063])
+            assert wait_for(client, job_id)["status"] == "completed"
+            assert client.post("/v1/download/check", json={"file_id": 70063}).json()["available"] is True
+        first_lines = log.read_text()
+        assert "embedded_redis_started" in first_lines and "embedded_s3_started" in first_lines
+        assert "downloads/70000.zip .. downloads/70063.zip" in first_lines
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    # Ctrl+C stops the whole group: API, worker, embedded Redis and SeaweedFS
+    embedded.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
+    assert embedded._is_free(port)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,64 @@
+"""Dependency outages and concurrency, with real processes."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlparse
+
+import redis
+from rq.registry import StartedJobRegistry
+from rq.worker import Worker
+
+from service.jobs.enqueue import SMALL_QUEUE
+from tests.gate import TcpGate
+from tests.jobs import initiate, wait_for
+
+
+def test_s3_outage_makes_health_503_and_the_job_retries_then_completes(make_stack, s3_server):
+    target = urlparse(s3_server.url)
+    gate = TcpGate(target.hostname, target.port)
+    stack = make_stack(
+        S3_ENDPOINT=f"http://{gate.url_host}",
+        DOWNLOAD_DELAY_MIN_MS="0",
+        DOWNLOAD_DELAY_MAX_MS="0",
+        JOB_MAX_RETRIES="5",
+        JOB_RETRY_BASE_S="1",
+    )
+    try:
+        with stack.client() as client:
+            assert client.get("/health").status_code == 200
+            gate.shut()
+            down = client.get("/health")
+            assert down.status_code == 503
+            assert down.json() == {"status": "unhealthy", "checks": {"storage": "error", "redis": "ok"}}
+            assert client.get("/health/ready").status_code == 503
+            assert client.get("/health/live").status_code == 200
+            check = client.post("/v1/download/check", json={"file_id": 70000})
+            assert check.status_code == 503 and check.headers["retry-after"]
+            job_id = initiate(client, [70000])
+            retrying = wait_for(client, job_id, {"retrying"}, timeout_s=30)
+            assert retrying["error"] and retrying["finishedAt"] is None
+            gate.reopen()
+            done = wait_for(client, job_id, timeout_s=60)
+            assert done["status"] == "completed", done
+            assert done["attempt"] >= 2
+            assert client.get("/health").status_code == 200
+    finally:
+        gate.shut()
+
+
+def test_one_worker_process_runs_many_downloads_at_once(make_stack):
+    stack = make_stack(WORKER_CONCURRENCY="6", DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        jobs = [initiate(client, [70000 + 7 * i]) for i in range(6)]
+        registry = StartedJobRegistry(SMALL_QUEUE, connection=conn)
+        deadline = time.monotonic() + 10
+        while len(registry.get_job_ids()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(registry.get_job_ids()) == sorted(jobs), "all six should run together"
+        workers = Worker.all(connection=conn)
+        assert len(workers) == 1 and workers[0].get_state() == "busy"
+        for job_id in jobs:
+            assert wait_for(client, job_id)["status"] == "completed"
+        assert registry.get_job_ids() == []
