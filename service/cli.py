@@ -29,9 +29,22 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _metrics_dir(settings: Settings) -> str:
+    """PROMETHEUS_MULTIPROC_DIR for the API's processes, emptied: counters restart with the API.
+
+    Set before prometheus_client is imported anywhere (it picks its value store at import).
+    """
+    path = Path(settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="delineate-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return str(path)
+
+
 def run_api(settings: Settings) -> None:
     import uvicorn
 
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings)
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
@@ -48,10 +61,15 @@ def run_api(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
+    # One process: in-memory metrics. Never write into the API's multiprocess directory.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from rq.worker import DequeueStrategy
 
     from service.jobs import context, enqueue
     from service.jobs.worker import DownloadWorker
+    from service.telemetry import metrics, tracing
+
+    tracing.setup(settings.otel_exporter_otlp_endpoint, settings.otel_service_name or "delineate-worker")
 
     ctx = context.JobContext.from_settings(settings)
     context.install(ctx)
@@ -62,6 +80,13 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
         job_monitoring_interval=settings.worker_heartbeat_s,
         maintenance_interval=settings.worker_maintenance_s,
     )
+    if settings.worker_metrics_port:
+        metrics.start_worker_exporter(
+            settings.worker_metrics_port,
+            settings.worker_metrics_addr,
+            lambda: worker.running_count,
+            settings.worker_concurrency,
+        )
     worker.work(
         burst=burst,
         with_scheduler=True,

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(24 * 3600, ge=60)
     small_job_max_files: int = Field(10, ge=1)
 
+    # Observability (docs/observability.md): metrics and traces
+    worker_metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0 = off
+    worker_metrics_addr: str = "0.0.0.0"
+    prometheus_multiproc_dir: str | None = None  # API only; a fresh temp dir when unset
+    otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; unset = tracing off
+    otel_service_name: str | None = None  # default: delineate-api / delineate-worker
+
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

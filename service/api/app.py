@@ -13,21 +13,29 @@ from contextlib import asynccontextmanager
 from importlib import resources as package_files
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.api import openapi
 from service.api.errors import HANDLERS
 from service.api.events import EventHub
-from service.api.middleware import ClientAddressMiddleware, RateLimitMiddleware, RequestContextMiddleware
+from service.api.middleware import (
+    ClientAddressMiddleware,
+    RateLimitMiddleware,
+    RequestContextMiddleware,
+    TelemetryMiddleware,
+)
 from service.api.ratelimit import RateLimiter
 from service.api.resources import Resources
 from service.api.routes import downloads, stream, system
+from service.jobs.enqueue import QUEUES
 from service.settings import Settings, load_settings
+from service.telemetry import metrics, tracing
 
 STATIC = package_files.files("service.api") / "static"
 
@@ -40,6 +48,14 @@ async def docs(request: Request) -> HTMLResponse:
     return HTMLResponse((STATIC / "docs.html").read_text())
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus exposition: all API processes merged, plus queue depth read from Redis now."""
+    body, content_type = await run_in_threadpool(
+        metrics.render, request.app.state.metrics_registry, request.headers.get("accept")
+    )
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
 def routes() -> list[Route | Mount]:
     return [
         Route("/", system.root, methods=["GET"]),
@@ -47,6 +63,7 @@ def routes() -> list[Route | Mount]:
         Route("/health/live", system.live, methods=["GET"]),
         Route("/health/ready", system.health, methods=["GET"]),
         Route("/openapi", openapi_document, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Route("/v1/download/check", downloads.check, methods=["POST"]),
         Route("/v1/download/start", downloads.start, methods=["POST"]),
@@ -59,6 +76,7 @@ def routes() -> list[Route | Mount]:
 
 
 def create_app(settings: Settings) -> Starlette:
+    tracing.setup(settings.otel_exporter_otlp_endpoint, settings.otel_service_name or "delineate-api")
     resources = Resources.open(settings)
     hub = EventHub(resources.redis)
 
@@ -68,10 +86,12 @@ def create_app(settings: Settings) -> Starlette:
         yield
         await hub.stop()
         await resources.close()
+        metrics.mark_process_dead()
 
     limiter = RateLimiter(resources.redis, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
     middleware = [
         Middleware(ClientAddressMiddleware, trusted=settings.trusted_networks),
+        Middleware(TelemetryMiddleware),
         Middleware(RequestContextMiddleware),
         Middleware(
             CORSMiddleware,
@@ -86,6 +106,7 @@ def create_app(settings: Settings) -> Starlette:
             ],
             expose_headers=[
                 "X-Request-ID",
+                "X-Trace-Id",
                 "Location",
                 "Retry-After",
                 "RateLimit-Limit",
@@ -100,6 +121,10 @@ def create_app(settings: Settings) -> Starlette:
     app.state.resources = resources
     app.state.hub = hub
     app.state.openapi = openapi.document()
+    app.state.metrics_registry = metrics.api_registry(
+        [metrics.QueueCollector(lambda: resources.sync_redis, QUEUES)]
+    )
+    tracing.instrument_app(app)  # outermost: the server span covers every middleware
     return app
 
 

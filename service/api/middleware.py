@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body
 from service.api.ratelimit import RateLimiter
+from service.telemetry import metrics, tracing
 from service.telemetry.logging import get_logger
 
 log = get_logger("service.api")
@@ -139,6 +140,7 @@ class RateLimitMiddleware:
             return
         headers = decision.headers()
         if not decision.allowed:
+            metrics.RATE_LIMITED.inc()
             body = error_body(429, "Too many requests; see Retry-After", scope["state"].get("request_id"))
             headers["Retry-After"] = str(decision.reset_s)
             await JSONResponse(body, 429, headers=headers)(scope, receive, send)
@@ -150,3 +152,40 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class TelemetryMiddleware:
+    """Request metrics by route template (service/telemetry/metrics.py) and the X-Trace-Id header.
+
+    Sits right inside ClientAddress, so the time measured covers rate limiting and error
+    handling too. The route label is Starlette's matched route template (`scope["route"]`),
+    never the raw path: job ids would make one time series per job.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.with_trace_header = tracing.enabled()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        trace_id = tracing.current_trace_id() if self.with_trace_header else None
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if trace_id:
+                    MutableHeaders(scope=message)["X-Trace-Id"] = trace_id
+            await send(message)
+
+        metrics.HTTP_IN_PROGRESS.inc()
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            metrics.HTTP_IN_PROGRESS.dec()
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.observe_request(route, scope["method"], status, time.perf_counter() - started)

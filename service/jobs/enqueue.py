@@ -16,6 +16,7 @@ from rq import Callback, Queue, Retry
 
 from service.jobs import state, tasks
 from service.settings import Settings
+from service.telemetry import metrics, tracing
 
 SMALL_QUEUE = "downloads-small"
 LARGE_QUEUE = "downloads-large"
@@ -46,7 +47,9 @@ def enqueue(conn: redis.Redis, settings: Settings, job: state.JobRecord) -> None
         if settings.job_max_retries
         else None
     )
-    with conn.pipeline() as pipe:
+    with tracing.producer_span(job.queue, job.id), conn.pipeline() as pipe:
+        # the worker continues this trace (tasks.process_download)
+        job.traceparent = job.traceparent or tracing.current_traceparent()
         pipe.multi()
         state.queue_create(pipe, job, settings.job_ttl_s)
         queue.enqueue_call(
@@ -61,6 +64,7 @@ def enqueue(conn: redis.Redis, settings: Settings, job: state.JobRecord) -> None
             pipeline=pipe,
         )
         pipe.execute()
+    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
 
 
 def depth(conn: redis.Redis) -> int:

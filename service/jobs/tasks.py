@@ -13,12 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import structlog
 from rq import get_current_job
 from rq.job import Job
 
 from service.jobs import cancellation, context, state
 from service.settings import Settings
 from service.storage.s3 import bundle_key, source_key
+from service.telemetry import metrics, tracing
 
 MAX_GUARD_TRIES = 20
 
@@ -65,14 +67,33 @@ def pick_delay_s(settings: Settings) -> float:
 
 
 def process_download(job_id: str) -> dict[str, Any] | None:
-    """RQ entry point (the API enqueues it by this name)."""
+    """RQ entry point (the API enqueues it by this name): the job, observed.
+
+    Log lines carry job_id; the job's span continues the trace of the initiate request; the
+    attempt and (when the job ends here) its outcome and duration are counted.
+    """
     ctx = context.current()
-    conn, ttl = ctx.redis, ctx.settings.job_ttl_s
-    job = load(conn, job_id)
+    job = load(ctx.redis, job_id)
     if job is None or job.finished:
         return None
     rq_job = get_current_job()
     attempt = 1 + ctx.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
+    with (
+        structlog.contextvars.bound_contextvars(job_id=job_id),
+        tracing.job_span(job_id, job.traceparent, job.queue, attempt),
+    ):
+        metrics.job_started(job.queue, rq_job.enqueued_at if rq_job else None)
+        result = _run(ctx, job, attempt)
+        if result is not None:
+            metrics.job_finished(
+                job.queue, result["status"], job.created_at, tracing.trace_id_of(job.traceparent)
+            )
+        return result
+
+
+def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[str, Any] | None:
+    job_id = job.id
+    conn, ttl = ctx.redis, ctx.settings.job_ttl_s
     cancelled = cancellation.event_for(job_id)
     try:
         transition(
@@ -140,6 +161,8 @@ def on_failure(job: Job, connection: redis.Redis, exc_type: type, exc: BaseExcep
     job_id = job.id
     ttl = context.current().settings.job_ttl_s
     retrying = bool(job.retries_left and job.retries_left > 0)
+    if retrying:
+        metrics.JOB_RETRIES.labels(job.origin).inc()
     reason = f"{exc_type.__name__}: {exc}"[:500]
     fields: dict[str, Any] = {"error": reason}
     if retrying:
@@ -150,3 +173,5 @@ def on_failure(job: Job, connection: redis.Redis, exc_type: type, exc: BaseExcep
         transition(
             connection, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields)
         )
+        if not retrying:
+            metrics.job_finished(job.origin, state.FAILED, job.created_at)

@@ -39,6 +39,11 @@ class DownloadWorker(BaseWorker):
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
 
+    @property
+    def running_count(self) -> int:
+        """Downloads running now (exported as delineate_worker_downloads_running)."""
+        return len(self._running)
+
     # -- RQ hooks --------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:

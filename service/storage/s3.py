@@ -15,6 +15,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from service.telemetry.metrics import instrument_s3
+
 if TYPE_CHECKING:
     from service.settings import Settings
 
@@ -44,7 +46,7 @@ def make_client(settings: Settings, *, public: bool = False, pool_size: int = 10
         signature_version="s3v4",
     )
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name=settings.s3_region,
@@ -52,6 +54,7 @@ def make_client(settings: Settings, *, public: bool = False, pool_size: int = 10
         aws_secret_access_key=secret,
         config=config,
     )
+    return instrument_s3(client)  # latency and errors per operation (botocore events)
 
 
 def _is_not_found(exc: ClientError) -> bool:

@@ -11,6 +11,8 @@ import sys
 
 import structlog
 
+from service.telemetry.tracing import add_trace_ids
+
 REDACTED = "[redacted]"
 SENSITIVE = ("secret", "password", "token", "signature", "authorization", "x-amz-")
 
@@ -35,6 +37,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,  # trace_id, span_id of the active span (none when tracing is off)
         _redact,
     ]
     structlog.configure(

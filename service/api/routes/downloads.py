@@ -17,6 +17,7 @@ from service.api.schemas import FileRequest, InitiateRequest, read_body
 from service.jobs import enqueue, state
 from service.jobs.tasks import pick_delay_s
 from service.storage.s3 import source_key
+from service.telemetry.tracing import trace_id_of
 
 SUCCESSOR = "/v1/download/initiate"
 DEPRECATION_HEADERS = {
@@ -143,6 +144,7 @@ def status_body(job: state.JobRecord) -> dict[str, Any]:
         "error": job.error,
         "size": job.result_size,
         "downloadUrl": f"/v1/download/{job.id}/file" if job.status == state.COMPLETED else None,
+        "traceId": trace_id_of(job.traceparent),  # the job's trace, to look up in Jaeger
     }
 
 
