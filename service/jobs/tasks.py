@@ -21,8 +21,10 @@ from service.jobs import cancellation, context, state
 from service.settings import Settings
 from service.storage.s3 import bundle_key, source_key
 from service.telemetry import metrics, tracing
+from service.telemetry.logging import get_logger
 
 MAX_GUARD_TRIES = 20
+log = get_logger("service.jobs")
 
 
 class JobGone(Exception):
@@ -83,7 +85,11 @@ def process_download(job_id: str) -> dict[str, Any] | None:
         tracing.job_span(job_id, job.traceparent, job.queue, attempt),
     ):
         metrics.job_started(job.queue, rq_job.enqueued_at if rq_job else None)
+        log.info("job_started", queue=job.queue, attempt=attempt, files=job.total)
         result = _run(ctx, job, attempt)
+        log.info(
+            "job_stopped", status=result["status"] if result else "stopped", error=(result or {}).get("error")
+        )
         if result is not None:
             metrics.job_finished(
                 job.queue, result["status"], job.created_at, tracing.trace_id_of(job.traceparent)

@@ -1,0 +1,94 @@
+"""Prometheus metrics from the real API (two uvicorn processes, multiprocess mode) and worker."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from service import embedded
+from tests.jobs import initiate, wait_for
+
+STATUS_ROUTE = "/v1/download/status/{job_id}"
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page, keyed by (name, sorted labels)."""
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def worker_stack(make_stack, **env: str):
+    port = embedded.free_port()
+    stack = make_stack(WORKER_METRICS_PORT=str(port), WORKER_METRICS_ADDR="127.0.0.1", **env)
+    url = f"http://127.0.0.1:{port}/metrics"
+    embedded.wait_until(lambda: httpx.get(url, timeout=1).status_code == 200, 20, "worker metrics")
+    return stack, url
+
+
+def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack):
+    stack, worker_url = worker_stack(make_stack, API_WORKERS="2")
+    sent = 30
+    for _ in range(sent):  # a new connection each time: both uvicorn processes serve some
+        assert httpx.get(f"{stack.url}/", timeout=10).status_code == 200
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        wait_for(client, job_id)
+        missing = client.get("/v1/download/status/00000000-0000-0000-0000-000000000000")
+        assert missing.status_code == 404
+    api = scrape(f"{stack.url}/metrics")
+    text = httpx.get(f"{stack.url}/metrics", timeout=10).text
+    assert job_id not in text, "raw paths must never become label values"
+    assert value(api, "delineate_http_requests_total", route="/", method="GET", status="2xx") == sent
+    assert value(api, "delineate_http_requests_total", route=STATUS_ROUTE, status="2xx") >= 1
+    assert value(api, "delineate_http_requests_total", route=STATUS_ROUTE, status="4xx") == 1
+    assert value(api, "delineate_http_request_duration_seconds_count", route="/") == sent
+    assert value(api, "delineate_jobs_accepted_total", queue="downloads-small") == 1
+    # read from Redis at scrape time
+    assert ("delineate_queue_depth", (("queue", "downloads-small"),)) in api
+    assert value(api, "delineate_rq_workers") == 1
+    assert value(api, "delineate_http_requests_in_progress") == 1  # this scrape itself
+
+
+def test_worker_exports_job_and_s3_metrics_on_its_own_port(make_stack):
+    stack, worker_url = worker_stack(make_stack)
+    with stack.client() as client:
+        done = wait_for(client, initiate(client, [70000, 70007]))
+        failed = wait_for(client, initiate(client, [12_345]))
+    assert done["status"] == "completed" and failed["status"] == "failed"
+    worker = scrape(worker_url)
+    assert value(worker, "delineate_jobs_started_total", queue="downloads-small") == 2
+    assert value(worker, "delineate_jobs_finished_total", outcome="completed") == 1
+    assert value(worker, "delineate_jobs_finished_total", outcome="failed") == 1
+    assert value(worker, "delineate_job_duration_seconds_count") == 2
+    assert value(worker, "delineate_job_duration_seconds_bucket", le="300.0") == 2
+    assert value(worker, "delineate_job_queue_wait_seconds_count") == 2
+    assert value(worker, "delineate_s3_request_duration_seconds_count", operation="HeadObject") == 3
+    assert (
+        value(worker, "delineate_s3_request_duration_seconds_count", operation="CompleteMultipartUpload") == 1
+    )
+    assert value(worker, "delineate_s3_errors_total") == 0  # a 404 HEAD is an answer, not an error
+    assert value(worker, "delineate_worker_download_slots") == 32
+    assert value(worker, "delineate_worker_downloads_running") == 0
+
+
+def test_s3_errors_are_counted_by_operation(make_stack):
+    """A wrong secret: S3 answers 403 to the job's HEAD; the error is counted, the job fails."""
+    stack, worker_url = worker_stack(make_stack, JOB_MAX_RETRIES="0", S3_SECRET_ACCESS_KEY="wrong-secret")
+    with stack.client() as client:
+        body = wait_for(client, initiate(client, [70000]))
+    assert body["status"] == "failed" and "403" in body["error"], body
+    worker = scrape(worker_url)
+    assert value(worker, "delineate_s3_errors_total", operation="HeadObject", reason="403") == 1
+    assert value(worker, "delineate_jobs_finished_total", outcome="failed") == 1
+    assert value(worker, "delineate_jobs_finished_total", outcome="completed") == 0

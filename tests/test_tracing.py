@@ -1,0 +1,161 @@
+"""One trace across the queue: spans from the real API and worker, received over OTLP/HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.jobs import initiate, wait_for
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: int
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace endpoint: decodes ExportTraceServiceRequest protobufs."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                assert self.path == "/v1/traces", self.path
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                receiver.add(request)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add(self, request: ExportTraceServiceRequest) -> None:
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append(
+                            ReceivedSpan(
+                                service=attributes.get("service.name", ""),
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_id=span.parent_span_id.hex(),
+                                name=span.name,
+                                kind=span.kind,
+                            )
+                        )
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        with self.lock:
+            return [span for span in self.spans if span.trace_id == trace_id]
+
+    def wait_for(self, trace_id: str, ready, timeout_s: float = 20) -> list[ReceivedSpan]:
+        """Poll until `ready(spans of the trace)` holds (spans arrive in batches)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            spans = self.trace(trace_id)
+            if ready(spans):
+                return spans
+            time.sleep(0.1)
+        raise AssertionError(f"trace {trace_id} incomplete: {self.trace(trace_id)}")
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.thread.start()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def traced_env(receiver: OtlpReceiver) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+
+SERVER, PRODUCER, CONSUMER, CLIENT = 2, 4, 5, 3  # opentelemetry.proto Span.SpanKind values
+
+
+def test_one_trace_holds_the_request_the_enqueue_the_job_and_its_s3_calls(make_stack, otlp):
+    stack = make_stack(**traced_env(otlp))
+    with stack.client() as client:
+        accepted = client.post("/v1/download/initiate", json={"file_ids": [70000, 70007]})
+        assert accepted.status_code == 202
+        job_id = accepted.json()["jobId"]
+        done = wait_for(client, job_id)
+        status = client.get(f"/v1/download/status/{job_id}")
+    assert done["status"] == "completed", done
+    trace_id = done["traceId"]
+    assert trace_id and len(trace_id) == 32
+    assert accepted.headers["x-trace-id"] == trace_id  # the initiate request started the trace
+    assert status.headers["x-trace-id"] not in ("", trace_id)  # each request has its own
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        names = {span.name for span in spans}
+        return {
+            "POST /v1/download/initiate",
+            "enqueue downloads-small",
+            "process downloads-small",
+        } <= names and any(s.name == "S3.CompleteMultipartUpload" for s in spans)
+
+    spans = otlp.wait_for(trace_id, complete)
+    by_id = {span.span_id: span for span in spans}
+    roots = [span for span in spans if not span.parent_id]
+    assert [(r.name, r.kind, r.service) for r in roots] == [
+        ("POST /v1/download/initiate", SERVER, "delineate-api")
+    ]
+    assert all(span.parent_id in by_id for span in spans if span.parent_id), "a parent link is broken"
+
+    server = roots[0]
+    (enqueue,) = [s for s in spans if s.name == "enqueue downloads-small"]
+    (job,) = [s for s in spans if s.name == "process downloads-small"]
+    assert (enqueue.service, enqueue.kind, enqueue.parent_id) == ("delineate-api", PRODUCER, server.span_id)
+    assert (job.service, job.kind, job.parent_id) == ("delineate-worker", CONSUMER, enqueue.span_id)
+    s3_calls = [s for s in spans if s.name.startswith("S3.")]
+    assert {s.name for s in s3_calls} >= {"S3.HeadObject", "S3.GetObject", "S3.UploadPart"}
+    assert sum(s.name == "S3.HeadObject" for s in s3_calls) == 2  # one per file
+    assert all(s.service == "delineate-worker" and s.parent_id == job.span_id for s in s3_calls)
+    # the enqueue's Redis MULTI is in the trace too, under the enqueue span
+    assert any(s.kind == CLIENT and s.parent_id == enqueue.span_id for s in spans)
+    # RQ's own polling (no job around it) is not exported as thousands of one-span traces
+    assert all(s.kind != CLIENT for s in otlp.spans if not s.parent_id)
+
+
+def test_tracing_off_means_no_trace_ids_and_no_errors(stack):
+    with stack.client() as client:
+        accepted = client.post("/v1/download/initiate", json={"file_ids": [70000]})
+        done = wait_for(client, accepted.json()["jobId"])
+    assert "x-trace-id" not in accepted.headers
+    assert done["status"] == "completed" and done["traceId"] is None
+    logs = stack.api.output() + stack.workers[0].output()
+    assert "trace_id" not in logs
+    assert "opentelemetry" not in logs.lower()
+    assert httpx.get(f"{stack.url}/health/live", timeout=5).status_code == 200
