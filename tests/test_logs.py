@@ -6,10 +6,17 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 
 from service import embedded
 from tests.jobs import initiate, wait_for
-from tests.test_tracing import OtlpReceiver, otlp, traced_env  # noqa: F401  (fixture)
+from tests.test_tracing import running_receiver, traced_env
+
+
+@pytest.fixture
+def otlp():
+    with running_receiver() as receiver:
+        yield receiver
 
 
 def json_lines(text: str) -> list[dict]:
@@ -20,7 +27,7 @@ def json_lines(text: str) -> list[dict]:
     return lines
 
 
-def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp: OtlpReceiver):
+def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
     stack = make_stack(LOG_LEVEL="debug", **traced_env(otlp))
     with stack.client() as client:
         job_id = initiate(client, [70000, 70007])
@@ -41,13 +48,15 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp: O
 
     api_lines = json_lines(api_text)
     (initiated,) = [
-        l for l in api_lines if l.get("event") == "request" and l.get("route") == "/v1/download/initiate"
+        line
+        for line in api_lines
+        if line.get("event") == "request" and line.get("route") == "/v1/download/initiate"
     ]
     assert initiated["trace_id"] == done["traceId"]
     assert len(initiated["span_id"]) == 16 and initiated["request_id"]
     assert {"timestamp", "level"} <= initiated.keys()
 
-    worker_lines = [l for l in json_lines(worker_text) if l.get("job_id") == job_id]
-    events = [l["event"] for l in worker_lines]
+    worker_lines = [line for line in json_lines(worker_text) if line.get("job_id") == job_id]
+    events = [line["event"] for line in worker_lines]
     assert events[0] == "job_started" and events[-1] == "job_stopped", events
-    assert all(l["trace_id"] == done["traceId"] and len(l["span_id"]) == 16 for l in worker_lines)
+    assert all(line["trace_id"] == done["traceId"] and len(line["span_id"]) == 16 for line in worker_lines)

@@ -37,7 +37,7 @@ def worker_stack(make_stack, **env: str):
 
 
 def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack):
-    stack, worker_url = worker_stack(make_stack, API_WORKERS="2")
+    stack, _ = worker_stack(make_stack, API_WORKERS="2")
     sent = 30
     for _ in range(sent):  # a new connection each time: both uvicorn processes serve some
         assert httpx.get(f"{stack.url}/", timeout=10).status_code == 200

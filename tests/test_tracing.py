@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.jobs import initiate, wait_for
+from tests.jobs import wait_for
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,20 @@ class OtlpReceiver:
         raise AssertionError(f"trace {trace_id} incomplete: {self.trace(trace_id)}")
 
 
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
+@contextmanager
+def running_receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
     receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    with running_receiver() as receiver:
+        yield receiver
 
 
 def traced_env(receiver: OtlpReceiver) -> dict[str, str]:
