@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from service.proxy import cli as proxy_cli
 from service.settings import Settings, SettingsError, load_settings
 from service.telemetry.logging import configure, get_logger
 
@@ -172,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker", help="run a download worker (RQ)")
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     sub.add_parser("dev", help="API + worker (+ embedded Redis and S3 when unset): what `make run` runs")
+    proxy_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "proxy":  # needs no service settings: it only reads proxy/profiles.toml
+        raise SystemExit(proxy_cli.run(args))
 
     if args.command == "dev":
         os.environ.setdefault("LOG_FORMAT", "console")

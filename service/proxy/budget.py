@@ -1,0 +1,160 @@
+"""The timeout budget across layers: each broken rule becomes one sentence an operator can act on.
+
+Violations make `delineate proxy check` fail; warnings (the deprecated /start path, kept for old
+clients) are printed but do not, because every realistic delay range already exceeds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from service.proxy.profiles import Profile
+
+Severity = Literal["violation", "warning"]
+POLL_HINT_MAX_S = 30  # beyond this a finished download waits too long for its poller
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    rule: str
+    sentence: str
+
+
+def idle_timeouts(profile: Profile) -> list[tuple[str, float]]:
+    """Every timeout an open but quiet SSE stream must beat, named as the operator knows it."""
+    proxy = profile.proxy
+    named: list[tuple[str, float]] = []
+    for target in profile.targets:
+        if target == "nginx":
+            named += [
+                ("nginx proxy_read_timeout", proxy.read_timeout_s),
+                ("nginx send_timeout", proxy.client_timeout_s),
+            ]
+        elif target == "cloudflare":
+            named.append(("the Cloudflare Proxy Read Timeout", proxy.read_timeout_s))
+        else:
+            named.append(("the ALB idle timeout", proxy.read_timeout_s))
+    return named
+
+
+def upstream_idle(profile: Profile) -> list[tuple[str, float]]:
+    """How long each layer may keep an idle connection to the app and then reuse it."""
+    proxy = profile.proxy
+    names = {
+        "nginx": "nginx's upstream keepalive_timeout",
+        "cloudflare": "Cloudflare's Proxy Idle Timeout",
+        "alb": "the ALB idle timeout",
+    }
+    values = {
+        "nginx": proxy.upstream_keepalive_s,
+        "cloudflare": proxy.upstream_keepalive_s,
+        "alb": max(proxy.read_timeout_s, proxy.upstream_keepalive_s),
+    }
+    return [(names[target], values[target]) for target in profile.targets]
+
+
+def check(profile: Profile) -> list[Finding]:
+    """All findings for one profile, violations first."""
+    app, proxy, scenario = profile.app, profile.proxy, profile.scenario
+    found: list[Finding] = []
+
+    def violation(rule: str, sentence: str) -> None:
+        found.append(Finding("violation", rule, sentence))
+
+    for name, timeout in idle_timeouts(profile):
+        if app.sse_heartbeat_s >= timeout:
+            violation(
+                "heartbeat",
+                f"SSE_HEARTBEAT_S ({_s(app.sse_heartbeat_s)}) is not shorter than {name} "
+                f"({_s(timeout)}), so a quiet event stream is cut before its next heartbeat.",
+            )
+    for name, idle in upstream_idle(profile):
+        if app.uvicorn_keepalive_s <= idle:
+            violation(
+                "keepalive",
+                f"UVICORN_KEEPALIVE_S ({_s(app.uvicorn_keepalive_s)}) does not outlast {name} "
+                f"({_s(idle)}), so the proxy can reuse a connection uvicorn is closing and answer 502.",
+            )
+    if app.request_timeout_ms >= proxy.read_timeout_s * 1000:
+        violation(
+            "request-timeout",
+            f"REQUEST_TIMEOUT_MS ({app.request_timeout_ms} ms) is not shorter than the proxy's read "
+            f"timeout ({_s(proxy.read_timeout_s)}), so the proxy cuts slow requests before the app "
+            "can answer with its own JSON 504.",
+        )
+    if app.poll_interval_s > POLL_HINT_MAX_S:
+        violation(
+            "retry-after",
+            f"POLL_INTERVAL_S ({app.poll_interval_s} s) is longer than {POLL_HINT_MAX_S} s, so a client "
+            "following Retry-After learns of a finished download far too late.",
+        )
+    window_s = app.rate_limit_window_ms / 1000
+    polls = window_s / app.poll_interval_s
+    if polls >= app.rate_limit_max_requests:
+        violation(
+            "retry-after",
+            f"POLL_INTERVAL_S ({app.poll_interval_s} s) makes a client following Retry-After send "
+            f"{polls:g} polls per {window_s:g} s window, at or above RATE_LIMIT_MAX_REQUESTS "
+            f"({app.rate_limit_max_requests}), so well-behaved pollers get 429.",
+        )
+    if "nginx" in profile.targets and proxy.rate_limit_rps and 1 / app.poll_interval_s > proxy.rate_limit_rps:
+        violation(
+            "retry-after",
+            f"POLL_INTERVAL_S ({app.poll_interval_s} s) is faster than nginx's limit_req rate "
+            f"({proxy.rate_limit_rps:g} r/s), so well-behaved pollers get 503 from nginx.",
+        )
+    if proxy.client_max_body_kb * 1024 < app.max_body_bytes:
+        violation(
+            "body-limit",
+            f"The proxy's body limit ({proxy.client_max_body_kb} KiB) is below MAX_BODY_BYTES "
+            f"({app.max_body_bytes}), so large requests get the proxy's 413 instead of the API's JSON error.",
+        )
+    if "alb" in profile.targets:
+        reconnect_s = app.sse_max_stream_s + app.sse_retry_ms / 1000
+        if proxy.deregistration_delay_s <= reconnect_s:
+            violation(
+                "deregistration",
+                f"The deregistration delay ({proxy.deregistration_delay_s} s) is not longer than the "
+                "longest SSE stream plus its reconnect "
+                f"(SSE_MAX_STREAM_S + SSE_RETRY_MS = {reconnect_s:g} s), "
+                "so a deploy cuts streams instead of letting them resume on another target.",
+            )
+    longest_start_s = scenario.download_delay_max_ms / 1000
+    if longest_start_s >= proxy.read_timeout_s:
+        found.append(
+            Finding(
+                "warning",
+                "legacy-start",
+                f"Legacy POST /v1/download/start is unsafe behind this proxy: downloads take up to "
+                f"{_s(longest_start_s)} and the proxy cuts at {_s(proxy.read_timeout_s)}, so every "
+                f"download longer than {_s(min(app.request_timeout_ms / 1000, proxy.read_timeout_s))} "
+                "ends in a 504 instead of a file (clients must use /v1/download/initiate).",
+            )
+        )
+    return sorted(found, key=lambda finding: finding.severity != "violation")
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def budget_rows(profile: Profile) -> list[tuple[str, str]]:
+    """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md."""
+    app, proxy = profile.app, profile.proxy
+    return [
+        ("proxy read/idle timeout", _s(proxy.read_timeout_s)),
+        ("proxy connect timeout", _s(proxy.connect_timeout_s)),
+        ("proxy idle reuse of app connections", _s(proxy.upstream_keepalive_s)),
+        ("UVICORN_KEEPALIVE_S", _s(app.uvicorn_keepalive_s)),
+        ("REQUEST_TIMEOUT_MS", f"{app.request_timeout_ms} ms"),
+        ("SSE_HEARTBEAT_S", _s(app.sse_heartbeat_s)),
+        ("SSE_MAX_STREAM_S", _s(app.sse_max_stream_s)),
+        ("POLL_INTERVAL_S (Retry-After)", _s(app.poll_interval_s)),
+        ("client body limit", f"{proxy.client_max_body_kb} KiB"),
+        (
+            "download delay range",
+            f"{profile.scenario.download_delay_min_ms}-{profile.scenario.download_delay_max_ms} ms",
+        ),
+    ]

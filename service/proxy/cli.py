@@ -1,0 +1,47 @@
+"""`delineate proxy render PROFILE [--out DIR]` and `delineate proxy check PROFILE`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from service.proxy import budget, render
+from service.proxy.profiles import PROFILES_FILE, PROXY_DIR, ProfileError, load_profile
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `proxy` and its two subcommands on the main parser."""
+    proxy = sub.add_parser("proxy", help="render and check proxy configs from proxy/profiles.toml")
+    commands = proxy.add_subparsers(dest="proxy_command", required=True)
+    for name, help_text in (
+        ("render", "write the profile's configs (default: into proxy/, the checked-in files)"),
+        ("check", "check the profile's timeout budget across layers; exit 1 on violations"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("profile", help="a profile name in proxy/profiles.toml (nginx, alb, ...)")
+        command.add_argument("--profiles", type=Path, default=PROFILES_FILE, help=argparse.SUPPRESS)
+        if name == "render":
+            command.add_argument("--out", type=Path, default=PROXY_DIR, help="output directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profile = load_profile(args.profile, args.profiles)
+    except ProfileError as exc:
+        print(f"delineate proxy: {exc}", file=sys.stderr)
+        return 2
+    if args.proxy_command == "render":
+        for path in render.write(profile, args.out):
+            print(f"wrote {path}")
+        return 0
+    findings = budget.check(profile)
+    width = max(len(name) for name, _ in budget.budget_rows(profile))
+    print(f"profile {profile.name}: {profile.description}")
+    for name, value in budget.budget_rows(profile):
+        print(f"  {name:<{width}}  {value}")
+    for finding in findings:
+        print(f"{finding.severity}: {finding.sentence}")
+    violations = sum(1 for finding in findings if finding.severity == "violation")
+    print(f"{violations} violation(s)" if violations else "budget ok")
+    return 1 if violations else 0

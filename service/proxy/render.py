@@ -1,0 +1,155 @@
+"""Render a profile's proxy configs from string templates: one function per file, no template engine.
+
+Templates use `@@{name}` placeholders (a string.Template with another delimiter) because nginx
+and HAProxy both use `$` and `%` themselves.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from pathlib import Path
+
+from service.proxy.profiles import Profile
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REQUEST_ID_PATTERN = "^[A-Za-z0-9._:@/+=-]{1,128}$"  # the API's own rule (service/api/middleware.py)
+
+
+class _Template(string.Template):
+    delimiter = "@@"
+
+
+def duration(seconds: float) -> str:
+    """nginx/HAProxy time syntax: whole seconds as `60s`, anything finer in milliseconds."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _fill(template: str, profile: Profile, **values: object) -> str:
+    header = (
+        f"Rendered by `delineate proxy render {profile.name}` from proxy/profiles.toml: edit the "
+        f"profile and re-render, not this file.\n# Profile {profile.name}: {profile.description}."
+    )
+    text = (TEMPLATES / template).read_text()
+    return _Template(text).substitute(header=header, **values)
+
+
+def _nginx_common(profile: Profile) -> dict[str, object]:
+    proxy = profile.proxy
+    servers = "\n".join(f"        server {address} max_fails=0;" for address in proxy.upstreams)
+    return {
+        "listen": proxy.listen,
+        "servers": servers,
+        "request_id_pattern": REQUEST_ID_PATTERN,
+        "read_timeout": duration(proxy.read_timeout_s),
+        "connect_timeout": duration(proxy.connect_timeout_s),
+        "client_timeout": duration(proxy.client_timeout_s),
+        "client_keepalive": duration(proxy.client_keepalive_s),
+        "upstream_keepalive": duration(proxy.upstream_keepalive_s),
+        "upstream_connections": proxy.upstream_keepalive_connections,
+        "body_limit": f"{proxy.client_max_body_kb}k",
+    }
+
+
+def nginx_conf(profile: Profile) -> str:
+    """The production nginx.conf: also what the `nginx` emulation in tests runs."""
+    proxy = profile.proxy
+    if proxy.rate_limit_rps:
+        zone = (
+            "    # Per-client-IP rate limit (nginx-level; the API has its own per-client limit too).\n"
+            f"    limit_req_zone $binary_remote_addr zone=delineate:10m rate={proxy.rate_limit_rps:g}r/s;\n"
+            "    limit_req_status 429;\n"
+        )
+        apply = f"            limit_req zone=delineate burst={proxy.rate_limit_burst} nodelay;\n"
+    else:
+        zone = "    # Rate limit off in this profile (proxy.rate_limit_rps = 0): the API limits per client.\n"
+        apply = ""
+    return _fill("nginx.conf", profile, rate_limit_zone=zone, rate_limit=apply, **_nginx_common(profile))
+
+
+def cloudflare_emulation_conf(profile: Profile) -> str:
+    """nginx standing in for the Cloudflare edge: 524 after the Proxy Read Timeout, 520/522 else."""
+    return _fill("cloudflare-emulation.conf", profile, **_nginx_common(profile))
+
+
+def cloudflare_terraform(profile: Profile) -> str:
+    return _fill(
+        "cloudflare.tf",
+        profile,
+        read_timeout=int(profile.proxy.read_timeout_s),
+        stream_prefix="/v1/download/stream/",
+    )
+
+
+def alb_cloudformation(profile: Profile) -> str:
+    proxy = profile.proxy
+    interval = max(5, proxy.health_check_interval_s)  # the ALB's minimum
+    return _fill(
+        "alb.yaml",
+        profile,
+        idle_timeout=max(1, round(proxy.read_timeout_s)),
+        deregistration_delay=proxy.deregistration_delay_s,
+        health_interval=interval,
+        health_timeout=min(5, interval - 1),
+        target_port=proxy.upstreams[0].rsplit(":", 1)[-1],
+    )
+
+
+def alb_emulation_cfg(profile: Profile) -> str:
+    """HAProxy with the ALB's idle timeout on every side (see docs/proxies.md for why all three)."""
+    proxy = profile.proxy
+    servers = "\n".join(
+        f"    server target{index} {address} check pool-purge-delay {duration(proxy.upstream_keepalive_s)}"
+        for index, address in enumerate(proxy.upstreams, start=1)
+    )
+    return _fill(
+        "alb-emulation.cfg",
+        profile,
+        listen=proxy.listen if ":" in proxy.listen else f"127.0.0.1:{proxy.listen}",
+        idle=duration(proxy.read_timeout_s),
+        connect_timeout=duration(proxy.connect_timeout_s),
+        health_interval=duration(proxy.health_check_interval_s),
+        servers=servers,
+    )
+
+
+def app_env(profile: Profile) -> str:
+    """The service's side of the budget, as an env file for the API and workers."""
+    lines = [f"# Rendered by `delineate proxy render {profile.name}` from proxy/profiles.toml."]
+    lines += [f"{name}={value}" for name, value in profile.app_env().items()]
+    return "\n".join(lines) + "\n"
+
+
+FILES: dict[str, dict[str, Callable[[Profile], str]]] = {
+    "nginx": {"nginx/nginx.conf": nginx_conf, "nginx/app.env": app_env},
+    "cloudflare": {
+        "cloudflare/main.tf": cloudflare_terraform,
+        "cloudflare/emulation/nginx.conf": cloudflare_emulation_conf,
+        "cloudflare/app.env": app_env,
+    },
+    "alb": {
+        "alb/alb.yaml": alb_cloudformation,
+        "alb/emulation/haproxy.cfg": alb_emulation_cfg,
+        "alb/app.env": app_env,
+    },
+}
+
+
+def render(profile: Profile) -> dict[str, str]:
+    """Every file of the profile's targets, keyed by its path under the output directory."""
+    files: dict[str, str] = {}
+    for target in profile.targets:
+        files.update({path: make(profile) for path, make in FILES[target].items()})
+    return files
+
+
+def write(profile: Profile, out: Path) -> list[Path]:
+    written = []
+    for relative, text in render(profile).items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
