@@ -136,10 +136,13 @@ S3_ERRORS = Counter(
 
 
 def _initialise() -> None:
-    """Create the label sets we know, so rates are 0 rather than absent before the first event."""
+    """Create the label sets we know, at 0: a series born at 1 loses its first increment to rate()."""
     for queue in ("downloads-small", "downloads-large"):
+        for metric in (JOBS_ACCEPTED, JOBS_STARTED, JOB_RETRIES, QUEUE_WAIT):
+            metric.labels(queue)
         for outcome in OUTCOMES:
             JOBS_FINISHED.labels(queue, outcome)
+            JOB_DURATION.labels(queue, outcome)
     for outcome in ("delivered", "failed", "gave_up"):
         WEBHOOK_DELIVERIES.labels(outcome)
 
