@@ -32,7 +32,7 @@ from service.api.middleware import (
 )
 from service.api.ratelimit import RateLimiter
 from service.api.resources import Resources
-from service.api.routes import downloads, stream, system
+from service.api.routes import downloads, stream, system, ui
 from service.jobs.enqueue import QUEUES
 from service.settings import Settings, load_settings
 from service.telemetry import metrics, tracing
@@ -65,6 +65,8 @@ def routes() -> list[Route | Mount]:
         Route("/openapi", openapi_document, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
+        Route("/ui", ui.page, methods=["GET"]),
+        Route("/ui/config.json", ui.config, methods=["GET"]),
         Route("/v1/download/check", downloads.check, methods=["POST"]),
         Route("/v1/download/start", downloads.start, methods=["POST"]),
         Route("/v1/download/initiate", downloads.initiate, methods=["POST"]),

@@ -161,6 +161,18 @@ PATHS: dict[str, dict[str, Any]] = {
     "/docs": {
         "get": {"summary": "Human-readable API reference", "responses": {"200": {"description": "HTML"}}}
     },
+    "/ui": {
+        "get": {
+            "summary": "The downloads page: start jobs and follow them live (HTML, strict CSP)",
+            "responses": {"200": {"description": "HTML"}},
+        }
+    },
+    "/ui/config.json": {
+        "get": {
+            "summary": "Settings the downloads page reads (Jaeger UI URL, poll interval)",
+            "responses": {"200": _json(_obj(jaegerUrl=NULL_STR, pollIntervalS=INT), "Page configuration")},
+        }
+    },
 }
 
 
