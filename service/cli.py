@@ -70,7 +70,11 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     from service.jobs.worker import DownloadWorker
     from service.telemetry import metrics, tracing
 
-    tracing.setup(settings.otel_exporter_otlp_endpoint, settings.otel_service_name or "delineate-worker")
+    tracing.setup(
+        settings.otel_exporter_otlp_endpoint,
+        settings.otel_service_name or "delineate-worker",
+        settings.otel_traces_sample_ratio,
+    )
 
     ctx = context.JobContext.from_settings(settings)
     context.install(ctx)

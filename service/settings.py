@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: str | None = None  # API only; a fresh temp dir when unset
     otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; unset = tracing off
     otel_service_name: str | None = None  # default: delineate-api / delineate-worker
+    otel_traces_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # share of new traces kept
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -78,7 +78,11 @@ def routes() -> list[Route | Mount]:
 
 
 def create_app(settings: Settings) -> Starlette:
-    tracing.setup(settings.otel_exporter_otlp_endpoint, settings.otel_service_name or "delineate-api")
+    tracing.setup(
+        settings.otel_exporter_otlp_endpoint,
+        settings.otel_service_name or "delineate-api",
+        settings.otel_traces_sample_ratio,
+    )
     resources = Resources.open(settings)
     hub = EventHub(resources.redis)
 

@@ -31,7 +31,7 @@ def enabled() -> bool:
     return _enabled
 
 
-def setup(endpoint: str | None, service_name: str) -> bool:
+def setup(endpoint: str | None, service_name: str, sample_ratio: float = 1.0) -> bool:
     """Install the SDK, the OTLP exporter and the Redis/botocore instrumentation; once per process."""
     global _enabled
     if not endpoint or _enabled:
@@ -46,7 +46,7 @@ def setup(endpoint: str | None, service_name: str) -> bool:
 
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
-        sampler=ParentBased(root=_root_sampler()),
+        sampler=ParentBased(root=_root_sampler(sample_ratio)),
     )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=_traces_url(endpoint))))
     trace.set_tracer_provider(provider)
@@ -61,9 +61,15 @@ def _traces_url(endpoint: str) -> str:
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
-def _root_sampler() -> Any:
-    """Root sampler: keep server/consumer/internal roots, drop CLIENT spans that have no parent."""
-    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+def _root_sampler(ratio: float) -> Any:
+    """Root sampler: drop CLIENT spans that have no parent; keep `ratio` of the other roots.
+
+    Children follow their parent (ParentBased), so a job's spans are kept exactly when the
+    initiate request's trace was.
+    """
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+
+    by_ratio = TraceIdRatioBased(ratio)
 
     class NoOrphanClientSpans(Sampler):
         def should_sample(
@@ -78,7 +84,9 @@ def _root_sampler() -> Any:
         ) -> SamplingResult:
             if kind == SpanKind.CLIENT:
                 return SamplingResult(Decision.DROP)
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return by_ratio.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
 
         def get_description(self) -> str:
             return "NoOrphanClientSpans"
