@@ -242,6 +242,24 @@ def test_a_stream_that_dies_mid_job_falls_back_to_polling(make_stack, browser, t
     tab.assert_clean()
 
 
+def test_more_running_jobs_than_streams_keep_the_page_responsive(make_stack, browser, tabs):
+    # A browser holds at most 6 connections per host: the page streams at most 4 jobs and polls
+    # the others, so a new request is not stuck behind streams until some job ends.
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="6000", DOWNLOAD_DELAY_MAX_MS="6000", POLL_INTERVAL_S="1")
+    tab = open_ui(browser, tabs, stack.url)
+    ids = [submit(tab, [70000 + 7 * i]) for i in range(7)]
+    rows = tab.page.locator("li.job")
+    modes = rows.evaluate_all("rows => rows.map(r => [r.dataset.status, r.dataset.mode])")
+    assert all(status != "completed" for status, _ in modes), "a submission waited for a job to end"
+    assert sum(1 for _, mode in modes if mode == "live") == 4, modes
+    assert sum(1 for _, mode in modes if mode == "polling") == 3, modes
+    tab.screenshot("many-jobs")
+    for job_id in ids:
+        expect(row(tab, job_id)).to_have_attribute("data-status", "completed", timeout=20_000)
+        expect(row(tab, job_id).locator("a.download")).to_be_visible()
+    tab.assert_clean()
+
+
 def test_errors_show_the_request_id(stack, browser, tabs):
     tab = open_ui(browser, tabs, stack.url)
     page = tab.page

@@ -6,6 +6,11 @@ const STORE_KEY = "delineate.jobs";
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const HEALTH_EVERY_MS = 15_000;
 const MAX_BACKOFF_S = 30;
+// Over HTTP/1.1 a browser opens at most 6 connections per host; each live stream holds one.
+// Beyond this many running jobs the rest are polled until a stream frees up, so the page's own
+// requests (the form, cancel, health) never queue behind streams.
+const MAX_STREAMS = 4;
+let openStreams = 0;
 
 let config = { jaegerUrl: null, pollIntervalS: 2 };
 
@@ -212,7 +217,12 @@ class JobView {
       this.poll();
       return;
     }
+    if (openStreams >= MAX_STREAMS) {
+      this.poll({ untilStreamFree: true });
+      return;
+    }
     const source = new EventSource(`/v1/download/stream/${encodeURIComponent(this.id)}`);
+    openStreams += 1;
     this.source = source;
     this.setMode("live");
     let opened = false;
@@ -251,15 +261,18 @@ class JobView {
     if (this.source) {
       this.source.close();
       this.source = null;
+      openStreams -= 1;
     }
   }
 
-  /** GET /status until the job ends, waiting as long as Retry-After says between calls. */
-  async poll() {
+  /** GET /status until the job ends, waiting as long as Retry-After says between calls.
+   * With untilStreamFree, switch to a live stream as soon as one is available. */
+  async poll({ untilStreamFree = false } = {}) {
     if (this.polling || this.stopped) return;
     this.polling = true;
     this.setMode("polling");
     let failures = 0;
+    let upgrade = false;
     const box = $(".job-error", this.node);
     try {
       while (!this.finished && !this.stopped) {
@@ -283,9 +296,14 @@ class JobView {
         }
         if (this.finished || this.stopped) return;
         await sleep(waitS * 1000);
+        if (untilStreamFree && openStreams < MAX_STREAMS) {
+          upgrade = true;
+          return;
+        }
       }
     } finally {
       this.polling = false;
+      if (upgrade && !this.finished && !this.stopped) this.follow();
     }
   }
 
