@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import cfn_yaml
 
-from service.proxy import render
+from service.proxy import budget, render
 from service.proxy.profiles import PROXY_DIR, load_profile, load_profiles
 from tests.procs import ROOT, require_binary
 from tests.proxies import nginx_files, nginx_test
@@ -121,3 +121,8 @@ def test_cloudflare_terraform_carries_the_read_timeout_and_bypasses():
     assert "default     = 100\n" in text
     assert 'phase       = "http_request_cache_settings"' in text and "cache = false" in text
     assert "/v1/download/stream/" in text and 'name = "none"' in text
+
+
+def test_docs_table_is_the_profiles_budget():
+    table = budget.budget_table(list(load_profiles().values()))
+    assert table in (ROOT / "docs/proxies.md").read_text(), "regenerate the table in docs/proxies.md"

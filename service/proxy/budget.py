@@ -154,7 +154,23 @@ def budget_rows(profile: Profile) -> list[tuple[str, str]]:
         ("POLL_INTERVAL_S (Retry-After)", _s(app.poll_interval_s)),
         ("client body limit", f"{proxy.client_max_body_kb} KiB"),
         (
+            "ALB deregistration delay",
+            _s(proxy.deregistration_delay_s) if "alb" in profile.targets else "n/a",
+        ),
+        (
             "download delay range",
             f"{profile.scenario.download_delay_min_ms}-{profile.scenario.download_delay_max_ms} ms",
         ),
     ]
+
+
+def budget_table(profiles: list[Profile]) -> str:
+    """The budgets side by side as a Markdown table (docs/proxies.md embeds it; a test compares)."""
+    rows = [budget_rows(profile) for profile in profiles]
+    lines = [
+        "| setting | " + " | ".join(f"`{p.name}`" for p in profiles) + " |",
+        "|---|" + "---|" * len(profiles),
+    ]
+    for index, (name, _) in enumerate(rows[0]):
+        lines.append(f"| {name} | " + " | ".join(row[index][1] for row in rows) + " |")
+    return "\n".join(lines) + "\n"
