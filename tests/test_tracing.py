@@ -168,3 +168,15 @@ def test_tracing_off_means_no_trace_ids_and_no_errors(stack):
     assert "trace_id" not in logs
     assert "opentelemetry" not in logs.lower()
     assert httpx.get(f"{stack.url}/health/live", timeout=5).status_code == 200
+
+
+def test_an_unsampled_trace_gives_no_dead_trace_links(make_stack, otlp):
+    """OTEL_TRACES_SAMPLE_RATIO=0: nothing exported, so no trace id is handed out either."""
+    stack = make_stack(OTEL_TRACES_SAMPLE_RATIO="0", **traced_env(otlp))
+    with stack.client() as client:
+        accepted = client.post("/v1/download/initiate", json={"file_ids": [70000]})
+        done = wait_for(client, accepted.json()["jobId"])
+    assert done["status"] == "completed" and done["traceId"] is None
+    assert "x-trace-id" not in accepted.headers
+    stack.stop()  # the SDK flushes at exit: whatever was recorded has been sent now
+    assert otlp.spans == []

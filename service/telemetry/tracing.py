@@ -115,9 +115,10 @@ def instrument_app(app: Any) -> None:
 
 
 def current_trace_id() -> str | None:
-    """The active trace's id (32 hex digits), None when tracing is off or no span is active."""
+    """The active trace's id (32 hex digits); None when tracing is off or the trace is not sampled
+    (it would be a dead link: nothing of it reaches Jaeger)."""
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None
 
 
 def current_traceparent() -> str | None:
@@ -130,9 +131,11 @@ def current_traceparent() -> str | None:
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
-    """The trace id inside a stored traceparent (`00-<trace id>-<span id>-<flags>`)."""
+    """The trace id inside a stored traceparent (`00-<trace id>-<span id>-<flags>`), if sampled."""
     parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+    if len(parts) != 4 or len(parts[1]) != 32 or not int(parts[3] or "0", 16) & 1:
+        return None
+    return parts[1]
 
 
 @contextmanager
