@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from playwright.sync_api import Browser, Request, Route, expect
@@ -30,6 +29,13 @@ STATUS = "/v1/download/status/"
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture
+def otlp_endpoint() -> Iterator[str]:
+    """Request it before make_stack: the sink must outlive the processes that export to it."""
+    with otlp_sink() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -100,18 +106,15 @@ def test_page_is_served_under_a_strict_csp_and_documented(stack):
         assert {"/ui", "/ui/config.json"} <= paths.keys()
 
 
-def test_a_job_from_the_page_shows_live_progress_and_downloads_the_real_bytes(make_stack, browser, tabs, s3):
-    with otlp_sink() as endpoint:  # tracing on, so the job has a trace id to show
-        stack = make_stack(
-            DOWNLOAD_DELAY_MIN_MS="2400",
-            DOWNLOAD_DELAY_MAX_MS="2400",
-            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="100",
-        )
-        follow_a_job_to_its_download(stack, browser, tabs, s3)
-
-
-def follow_a_job_to_its_download(stack, browser, tabs, s3) -> None:
+def test_a_job_from_the_page_shows_live_progress_and_downloads_the_real_bytes(
+    otlp_endpoint, make_stack, browser, tabs, s3
+):
+    stack = make_stack(
+        DOWNLOAD_DELAY_MIN_MS="2400",
+        DOWNLOAD_DELAY_MAX_MS="2400",
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,  # tracing on, so the job has a trace id
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
     tab = open_ui(browser, tabs, stack.url)
     page = tab.page
     expect(page.locator("#health")).to_have_attribute("data-state", "healthy")
@@ -260,6 +263,41 @@ def test_more_running_jobs_than_streams_keep_the_page_responsive(make_stack, bro
     tab.assert_clean()
 
 
+def _cancel_route_exists() -> bool:
+    from service.api.app import routes
+
+    return any(
+        route.path == "/v1/download/{job_id}" and "DELETE" in (getattr(route, "methods", None) or ())
+        for route in routes()
+    )
+
+
+@pytest.mark.xfail(
+    not _cancel_route_exists(),
+    reason="DELETE /v1/download/{jobId} is not in the app yet (the lead adds it)",
+    strict=True,
+)
+def test_cancel_button_cancels_a_running_job(make_stack, browser, tabs):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="4000", DOWNLOAD_DELAY_MAX_MS="4000")
+    tab = open_ui(browser, tabs, stack.url)
+    page = tab.page
+    job_id = submit(tab, DEMO)
+    job = row(tab, job_id)
+    expect(job).to_have_attribute("data-status", "processing")
+    with page.expect_response(lambda r: r.request.method == "DELETE") as info:
+        job.locator("button.cancel").click()
+    assert info.value.status in (200, 202), info.value.text()
+    expect(job).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    expect(job.locator("button.cancel")).to_be_hidden()
+    expect(job.locator("a.download")).to_be_hidden()
+    expect(job.locator("button.remove")).to_be_visible()
+    assert percent(tab, job_id) < 100
+    with stack.client() as client:
+        assert client.get(f"{STATUS}{job_id}").json()["status"] == "cancelled"
+    tab.screenshot("job-cancelled")
+    tab.assert_clean()
+
+
 def test_errors_show_the_request_id(stack, browser, tabs):
     tab = open_ui(browser, tabs, stack.url)
     page = tab.page
@@ -312,24 +350,23 @@ def test_csp_violations_are_detected(stack, browser, tabs):
     reason="JAEGER_UI_URL is not a setting yet (the lead adds it to service/settings.py)",
     strict=True,
 )
-def test_trace_id_links_to_jaeger_when_configured(make_stack, browser, tabs):
-    with otlp_sink() as endpoint:
-        stack = make_stack(
-            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-            OTEL_BSP_SCHEDULE_DELAY="100",
-            JAEGER_UI_URL="http://jaeger.test:16686/",
-        )
-        with httpx.Client(base_url=stack.url) as client:
-            assert client.get("/ui/config.json").json()["jaegerUrl"] == "http://jaeger.test:16686"
-        tab = open_ui(browser, tabs, stack.url)
-        job_id = submit(tab, [70000])
-        job = row(tab, job_id)
-        expect(job).to_have_attribute("data-status", "completed", timeout=15_000)
-        with httpx.Client(base_url=stack.url) as client:
-            trace_id = client.get(f"{STATUS}{job_id}").json()["traceId"]
-        assert trace_id and re.fullmatch(r"[0-9a-f]{32}", trace_id)
-        expect(job.locator(".trace-id")).to_have_text(trace_id)
-        expect(job.locator("a.trace-link")).to_have_attribute(
-            "href", f"http://jaeger.test:16686/trace/{trace_id}"
-        )
-        tab.assert_clean()
+def test_trace_id_links_to_jaeger_when_configured(otlp_endpoint, make_stack, browser, tabs):
+    stack = make_stack(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        JAEGER_UI_URL="http://jaeger.test:16686/",
+    )
+    with stack.client() as client:
+        assert client.get("/ui/config.json").json()["jaegerUrl"] == "http://jaeger.test:16686"
+    tab = open_ui(browser, tabs, stack.url)
+    job_id = submit(tab, [70000])
+    job = row(tab, job_id)
+    expect(job).to_have_attribute("data-status", "completed", timeout=15_000)
+    with stack.client() as client:
+        trace_id = client.get(f"{STATUS}{job_id}").json()["traceId"]
+    assert trace_id and re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    expect(job.locator(".trace-id")).to_have_text(trace_id)
+    expect(job.locator("a.trace-link")).to_have_attribute(
+        "href", f"http://jaeger.test:16686/trace/{trace_id}"
+    )
+    tab.assert_clean()
