@@ -7,7 +7,9 @@ path (polling and SSE) is not, and a heartbeat slower than the idle timeout gets
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import pytest
 
@@ -30,8 +32,6 @@ def proxied(make_stack, tmp_path):
 
 def poll_until_done(client, job_id: str, statuses: list[int], timeout_s: float = 20) -> dict:
     """Poll as a client does (following Retry-After, capped for speed); record every status code."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = client.get(f"/v1/download/status/{job_id}")
@@ -76,9 +76,12 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         slow_stream = initiate(client, [70014])
         slow_poll = initiate(client, [70021])
         polled: dict = {}
-        poller = threading.Thread(
-            target=lambda: polled.update(poll_until_done(proxy.client(), slow_poll, statuses))
-        )
+
+        def poll_slow() -> None:
+            with proxy.client() as own:
+                polled.update(poll_until_done(own, slow_poll, statuses))
+
+        poller = threading.Thread(target=poll_slow)
         poller.start()
         slow = follow_stream(client, slow_stream)
         poller.join(30)
@@ -91,6 +94,12 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         generated = client.get("/v1/download/status/" + slow_poll)
         assert generated.headers.get("x-request-id"), "no request id generated when absent"
     assert statuses and all(code < 500 for code in statuses), statuses
+    if kind == "nginx":  # the JSON access log: our request id and the upstream's timings
+        lines = [json.loads(line) for line in (proxy.prefix / "logs/access.log").read_text().splitlines()]
+        start = next(line for line in lines if line["request_id"] == "proof-1")
+        assert start["status"] == 504 and start["upstream_status"] == "504"
+        assert float(start["upstream_header_time"]) >= PROFILE.app.request_timeout_ms / 1000
+        assert all(line["request_id"] for line in lines)
 
 
 @pytest.mark.parametrize("kind", KINDS)
