@@ -12,7 +12,9 @@ import threading
 import time
 
 import pytest
+import redis
 
+from service.jobs import state
 from service.proxy import budget
 from service.proxy.profiles import load_profile
 from tests.jobs import initiate
@@ -22,6 +24,14 @@ PROFILE = load_profile("test")
 CUT_S = PROFILE.proxy.read_timeout_s
 SLOW_MS = str(int(CUT_S * 1000 + 1500))  # one silent stretch well past the proxy's cut
 FAST = {"DOWNLOAD_DELAY_MIN_MS": "200", "DOWNLOAD_DELAY_MAX_MS": "400"}
+
+
+def job_client(stack, job_id: str) -> str:
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
+    try:
+        return conn.hget(state.job_key(job_id), "client")
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -62,7 +72,9 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         # A fast job (a worker drawing 0.2-0.4 s), followed by polling and by SSE.
         fast_worker = stack.add_worker(**FAST)
         wait_for_workers(stack, 1)
-        fast_poll = initiate(client, [70000])
+        fast_poll = initiate(client, [70000], headers={"X-Forwarded-For": "203.0.113.9"})
+        # The proxy forwarded the client's address and the API (TRUSTED_PROXIES) believed it.
+        assert job_client(stack, fast_poll) == "203.0.113.9"
         fast_stream = initiate(client, [70007])
         assert poll_until_done(client, fast_poll, statuses)["status"] == "completed"
         fast = follow_stream(client, fast_stream)
