@@ -36,8 +36,11 @@ def worker_stack(make_stack, **env: str):
     return stack, url
 
 
-def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack):
-    stack, _ = worker_stack(make_stack, API_WORKERS="2")
+def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tmp_path):
+    # An operator-set directory reaches both processes: only the API may use it.
+    stack, worker_url = worker_stack(
+        make_stack, API_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "mp")
+    )
     sent = 30
     for _ in range(sent):  # a new connection each time: both uvicorn processes serve some
         assert httpx.get(f"{stack.url}/", timeout=10).status_code == 200
@@ -58,6 +61,10 @@ def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack):
     assert ("delineate_queue_depth", (("queue", "downloads-small"),)) in api
     assert value(api, "delineate_rq_workers") == 1
     assert value(api, "delineate_http_requests_in_progress") == 1  # this scrape itself
+    # the worker kept its own registry: its counts are not merged into the API's
+    assert value(scrape(worker_url), "delineate_jobs_started_total") == 1
+    assert value(api, "delineate_jobs_started_total") == 0
+    assert list((tmp_path / "mp").glob("*.db")), "the API did not use the directory it was given"
 
 
 def test_worker_exports_job_and_s3_metrics_on_its_own_port(make_stack):

@@ -1,0 +1,59 @@
+"""Grafana provisioning and dashboards: well-formed, wired to the provisioned datasources."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.procs import ROOT
+
+GRAFANA = ROOT / "observability" / "grafana"
+
+
+def dashboards() -> dict[str, dict]:
+    return {
+        path.stem: json.loads(path.read_text()) for path in sorted((GRAFANA / "dashboards").glob("*.json"))
+    }
+
+
+def datasources() -> dict[str, dict]:
+    config = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "datasources.yml").read_text())
+    return {source["uid"]: source for source in config["datasources"]}
+
+
+def test_the_four_dashboards_exist_with_unique_uids_and_panel_ids():
+    found = dashboards()
+    assert set(found) == {"service-overview", "jobs-and-queue", "slo-burn", "proxies-eye-view"}
+    assert len({d["uid"] for d in found.values()}) == 4
+    for name, dashboard in found.items():
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)) >= 5, name
+        for panel in dashboard["panels"]:
+            assert panel["title"] and panel["description"], (name, panel["title"])
+            assert panel["targets"], (name, panel["title"])
+
+
+def test_every_query_uses_a_provisioned_datasource():
+    sources = datasources()
+    assert {sources["prometheus"]["type"], sources["jaeger"]["type"]} == {"prometheus", "jaeger"}
+    for name, dashboard in dashboards().items():
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in sources, (name, panel["title"])
+
+
+def test_exemplars_link_trace_ids_to_jaeger():
+    destinations = datasources()["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert {"name": "trace_id", "datasourceUid": "jaeger"} in destinations
+    jobs = dashboards()["jobs-and-queue"]
+    with_exemplars = [p for p in jobs["panels"] if any(t.get("exemplar") for t in p["targets"])]
+    assert any(p["type"] == "heatmap" and "job_duration" in p["targets"][0]["expr"] for p in with_exemplars)
+    assert all(any("jaeger" in link["url"] for link in d["links"]) for d in dashboards().values())
+
+
+def test_the_proxies_view_says_what_feeds_its_5xx_panels():
+    panels = dashboards()["proxies-eye-view"]["panels"]
+    by_status = next(p for p in panels if p["title"].startswith("5xx per second by status"))
+    assert "sum by (status)" in by_status["targets"][0]["expr"]
+    assert "524" in by_status["description"] and "504" in by_status["description"]
