@@ -10,6 +10,7 @@ const MAX_BACKOFF_S = 30;
 // Beyond this many running jobs the rest are polled until a stream frees up, so the page's own
 // requests (the form, cancel, health) never queue behind streams.
 const MAX_STREAMS = 4;
+const MAX_REMEMBERED = 50; // jobs kept in localStorage, newest first
 let openStreams = 0;
 
 let config = { jaegerUrl: null, pollIntervalS: 2 };
@@ -105,7 +106,7 @@ function loadStored() {
 }
 
 function saveStored() {
-  const items = [...jobs.values()].map((job) => ({ id: job.id, fileIds: job.fileIds }));
+  const items = [...jobs.values()].slice(0, MAX_REMEMBERED).map((job) => ({ id: job.id, fileIds: job.fileIds }));
   localStorage.setItem(STORE_KEY, JSON.stringify(items));
 }
 
