@@ -73,6 +73,8 @@ def routes() -> list[Route | Mount]:
         Route("/v1/download/status/{job_id}", downloads.status, methods=["GET"]),
         Route("/v1/download/{job_id}/file", downloads.file, methods=["GET"]),
         Route("/v1/download/stream/{job_id}", stream.stream, methods=["GET"]),
+        Route("/v1/download/{job_id}", downloads.cancel, methods=["DELETE"]),
+        Route("/v1/download/{job_id}/cancel", downloads.cancel, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
 

@@ -157,6 +157,26 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/v1/download/{job_id}": {
+        "delete": {
+            "summary": "Cancel a queued or running job (status becomes cancelled)",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(STATUS, "Cancelled; the job's status"), **_errors(404, 409, 410, 429)},
+        }
+    },
+    "/v1/download/{job_id}/cancel": {
+        "post": {
+            "summary": "Same as DELETE /v1/download/{job_id}, for clients that cannot send DELETE",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(STATUS, "Cancelled; the job's status"), **_errors(404, 409, 410, 429)},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (all API processes merged)",
+            "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+        }
+    },
     "/openapi": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
     "/docs": {
         "get": {"summary": "Human-readable API reference", "responses": {"200": {"description": "HTML"}}}

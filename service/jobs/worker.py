@@ -10,7 +10,7 @@ already tracks several executions per worker) and runs each job's `perform_job` 
 - a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
   three beats, so a worker killed with SIGKILL has its jobs retried soon after;
 - job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's stop-job
-  command sets the job's cancel event instead of killing a process.
+  command (stop-execution) sets the job's cancel event instead of killing a process.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class DownloadWorker(BaseWorker):
         super().set_state(state, pipeline=pipeline)  # type: ignore[arg-type]
 
     def request_stop_execution(self, execution_id: str) -> None:
-        """RQ's stop-job command (from the pub/sub thread): signal the download to stop."""
+        """RQ's stop-execution command (from the pub/sub thread): signal the download to stop."""
         running = self._running.get(execution_id)
         if running is None:
             self.log.warning("Not running execution %s, stop command ignored.", execution_id)

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from service.api.errors import ApiError, error_response
 from service.api.resources import resources
 from service.api.schemas import FileRequest, InitiateRequest, read_body
-from service.jobs import enqueue, state
+from service.jobs import control, enqueue, state
 from service.jobs.tasks import pick_delay_s
 from service.storage.s3 import source_key
 from service.telemetry.tracing import trace_id_of
@@ -163,3 +163,14 @@ async def file(request: Request) -> Response:
     name = "download.zip" if job.result_key.startswith("results/") else job.result_key.rsplit("/", 1)[-1]
     url = res.storage.presign(job.result_key, name)
     return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
+
+
+async def cancel(request: Request) -> JSONResponse:
+    """DELETE /v1/download/{job_id} (or POST .../cancel): stop a queued or running job."""
+    job = await load_job(request)
+    res = resources(request)
+    try:
+        await run_in_threadpool(control.cancel, res.sync_redis, res.settings, job.id)
+    except control.AlreadyFinished:
+        raise ApiError(409, f"Job {job.id} has already finished; nothing to cancel") from None
+    return JSONResponse(status_body(await load_job(request)))

@@ -24,6 +24,7 @@ from service.api.events import Entry, EventHub, decode, stream_id
 from service.api.resources import resources
 from service.api.routes.downloads import load_job, status_body
 from service.jobs import state
+from service.telemetry import metrics
 
 STATUS_EVENTS = {state.QUEUED, state.PROCESSING, state.RETRYING}
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -80,6 +81,7 @@ async def stream(request: Request) -> Response:
     assert hub.closing is not None
 
     async def events() -> AsyncIterator[ServerSentEvent]:
+        metrics.SSE_CONNECTIONS.inc()
         try:
             sent = "0-0"
             if last_event_id:
@@ -118,6 +120,7 @@ async def stream(request: Request) -> Response:
                         return
         finally:
             hub.unsubscribe(subscription)
+            metrics.SSE_CONNECTIONS.dec()
 
     return EventSourceResponse(
         events(),
