@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     job_retry_base_s: float = Field(2.0, ge=0)
     job_ttl_s: int = Field(24 * 3600, ge=60)
     small_job_max_files: int = Field(10, ge=1)
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+    dedupe_window_s: int = Field(10, ge=0)
+    queue_max_depth: int = Field(10_000, ge=0)
 
     # Observability (docs/observability.md): metrics and traces
     worker_metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0 = off
@@ -79,6 +82,9 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; unset = tracing off
     otel_service_name: str | None = None  # default: delineate-api / delineate-worker
     otel_traces_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # share of new traces kept
+
+    # The downloads page links each job's trace here (e.g. http://localhost:16686)
+    jaeger_ui_url: str | None = None
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -81,6 +81,7 @@ def base_env(redis_url: str, s3_url: str, **overrides: str) -> dict[str, str]:
         WORKER_HEARTBEAT_S="1",
         WORKER_MAINTENANCE_S="2",
         LOG_FORMAT="json",
+        DEDUPE_WINDOW_S="0",  # tests repeat identical requests on purpose; test_idempotency turns it on
     )
     env.update(overrides)
     return env

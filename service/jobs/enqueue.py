@@ -8,8 +8,12 @@ Small jobs and large jobs use separate queues that workers serve round-robin, so
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import redis
 from rq import Callback, Queue, Retry
@@ -39,8 +43,61 @@ def retry_intervals(settings: Settings) -> list[int]:
     return [max(1, round(base * 2**n * random.uniform(0.75, 1.25))) for n in range(settings.job_max_retries)]
 
 
-def enqueue(conn: redis.Redis, settings: Settings, job: state.JobRecord) -> None:
-    """Blocking (RQ is synchronous): the API calls it from its thread pool."""
+class QueueFull(Exception):
+    """More than QUEUE_MAX_DEPTH jobs wait: refuse new ones (503) rather than queue forever."""
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key came with a different body (422)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A key that makes repeats of one request return the first request's job.
+
+    With an Idempotency-Key header: that key, per client, for IDEMPOTENCY_TTL_S. Without one:
+    the body's fingerprint, per client, for DEDUPE_WINDOW_S, so a retry storm after a dropped
+    connection does not multiply work.
+    """
+
+    key: str
+    fingerprint: str
+    ttl_s: int
+
+    @classmethod
+    def make(
+        cls, settings: Settings, client: str, body: dict[str, Any], idempotency_key: str | None
+    ) -> Claim | None:
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+            return cls(f"{state.PREFIX}idem:{client}:{digest}", fingerprint, settings.idempotency_ttl_s)
+        if settings.dedupe_window_s:
+            return cls(f"{state.PREFIX}dedupe:{client}:{fingerprint}", fingerprint, settings.dedupe_window_s)
+        return None
+
+
+def enqueue(
+    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None = None
+) -> str | None:
+    """Queue `job`, or return the id of the job an earlier identical request created.
+
+    Blocking (RQ is synchronous): the API calls it from its thread pool. The claim is checked
+    under WATCH and written in the same MULTI as the job, so two racing repeats make one job.
+    Returns None when `job` was queued.
+    """
+    if settings.queue_max_depth and depth(conn) >= settings.queue_max_depth:
+        raise QueueFull(settings.queue_max_depth)
+    while True:
+        try:
+            return _enqueue_once(conn, settings, job, claim)
+        except redis.WatchError:
+            continue
+
+
+def _enqueue_once(
+    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
+) -> str | None:
     queue = _queue(job.queue, conn)
     retry = (
         Retry(max=settings.job_max_retries, interval=retry_intervals(settings))
@@ -50,7 +107,18 @@ def enqueue(conn: redis.Redis, settings: Settings, job: state.JobRecord) -> None
     with tracing.producer_span(job.queue, job.id), conn.pipeline() as pipe:
         # the worker continues this trace (tasks.process_download)
         job.traceparent = job.traceparent or tracing.current_traceparent()
+        if claim:
+            pipe.watch(claim.key)
+            existing = pipe.get(claim.key)
+            if existing:
+                earlier = json.loads(existing)
+                if earlier["fingerprint"] != claim.fingerprint:
+                    raise IdempotencyConflict(claim.key)
+                return str(earlier["jobId"])
         pipe.multi()
+        if claim:
+            record = {"jobId": job.id, "fingerprint": claim.fingerprint}
+            pipe.set(claim.key, json.dumps(record), ex=claim.ttl_s)
         state.queue_create(pipe, job, settings.job_ttl_s)
         queue.enqueue_call(
             TASK,
@@ -65,6 +133,7 @@ def enqueue(conn: redis.Redis, settings: Settings, job: state.JobRecord) -> None
         )
         pipe.execute()
     metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    return None
 
 
 def depth(conn: redis.Redis) -> int:

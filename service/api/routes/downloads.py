@@ -94,7 +94,19 @@ async def initiate(request: Request) -> JSONResponse:
         client=(request.client.host if request.client else ""),
         queue=enqueue.queue_name(res.settings, len(body.file_ids)),
     )
-    await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job)
+    claim = enqueue.Claim.make(res.settings, job.client, body.model_dump(), _idempotency_key(request))
+    try:
+        earlier = await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job, claim)
+    except enqueue.QueueFull:
+        retry = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
+        raise ApiError(503, "Too many jobs are waiting; retry later", retry) from None
+    except enqueue.IdempotencyConflict:
+        raise ApiError(422, "This Idempotency-Key was used with a different request body") from None
+    extra: dict[str, str] = {}
+    if earlier:
+        job.id, extra = earlier, {"Idempotent-Replayed": "true"}
+        current = await res.redis.hget(state.job_key(earlier), "status")
+        job.status = current.decode() if current else job.status
     status_url = f"/v1/download/status/{job.id}"
     return JSONResponse(
         {
@@ -106,8 +118,17 @@ async def initiate(request: Request) -> JSONResponse:
             "fileUrl": f"/v1/download/{job.id}/file",
         },
         202,
-        headers={"Location": status_url, "Retry-After": str(res.settings.poll_interval_s)},
+        headers={"Location": status_url, "Retry-After": str(res.settings.poll_interval_s), **extra},
     )
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
 
 
 async def load_job(request: Request) -> state.JobRecord:

@@ -1,0 +1,201 @@
+"""API benchmark (issue targets), one run, side by side, same uvicorn settings, printed with ratios.
+
+1. GET /v1/download/status/{id}, all middleware on (request id, headers, shared rate limit,
+   metrics, access log) vs a bare Starlette endpoint doing one async Redis GET.   target >= 0.6
+2. POST /v1/download/initiate (validation, state writes, enqueue) vs a bare endpoint that only
+   calls RQ's Queue.enqueue in the thread pool.                      target >= 1.0x, p99 <= 150 ms
+3. initiate -> completed for a zero-delay single-file job with an idle worker (the job's own
+   createdAt/finishedAt, server clocks), p50 and p99.                          target p50 <= 50 ms
+
+Every server is one uvicorn process (uvloop, httptools) on a private Redis and SeaweedFS S3.
+Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compare within a run).
+
+    .venv/bin/python loadtest/bench_api.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+from service import embedded
+
+BARE = textwrap.dedent(
+    """
+    import os
+    import redis, redis.asyncio as aioredis
+    from rq import Queue
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    r = aioredis.Redis.from_url(os.environ["REDIS_URL"])
+    q = Queue("bench", connection=redis.Redis.from_url(os.environ["REDIS_URL"]))
+
+    async def get(request):
+        return JSONResponse({"v": (await r.get("bench")).decode()})
+
+    async def enqueue(request):
+        body = await request.json()
+        job = await run_in_threadpool(q.enqueue, "builtins.len", body["file_ids"])
+        return JSONResponse({"jobId": job.id}, 202)
+
+    app = Starlette(routes=[Route("/get", get), Route("/enqueue", enqueue, methods=["POST"])])
+    """
+)
+POST_LUA = (
+    'wrk.method = "POST"\n'
+    "wrk.body = '{\"file_ids\": [70000]}'\n"
+    'wrk.headers["Content-Type"] = "application/json"\n'
+)
+
+
+def serve(app: str, env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+    ]
+    args += ["--no-access-log", "--log-level", "warning"]
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    embedded.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, process)
+    return process
+
+
+def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, float]:
+    """requests/s and p99 latency (ms)."""
+    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
+    if script:
+        args[1:1] = ["-s", str(script)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        print(f"    warning: {non2xx.group(1)} non-2xx answers from {url}")
+    return rps, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=200, help="jobs for the latency figure")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    root = Path(__file__).resolve().parents[1]
+    home = Path(tempfile.mkdtemp(prefix="delineate-bench-"))
+    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
+    s3 = embedded.start_seaweed(home / "s3")
+    client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
+    embedded.seed(client, "delineate")
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "S3_ENDPOINT": s3.url,
+        "S3_ACCESS_KEY_ID": embedded.DEV_ACCESS_KEY,
+        "S3_SECRET_ACCESS_KEY": embedded.DEV_SECRET_KEY,
+        "S3_FORCE_PATH_STYLE": "true",
+        "DOWNLOAD_DELAY_ENABLED": "false",
+        "RATE_LIMIT_MAX_REQUESTS": "100000000",
+        "PYTHONPATH": str(home),
+        "PROMETHEUS_MULTIPROC_DIR": str(home / "prom"),
+    }
+    (home / "prom").mkdir()
+    (home / "bench_bare.py").write_text(BARE)
+    lua = home / "post.lua"
+    lua.write_text(POST_LUA)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        import redis
+
+        redis.Redis.from_url(redis_server.url).set("bench", "x" * 200)
+        bare_port, real_port = embedded.free_port(), embedded.free_port()
+        processes.append(serve("bench_bare:app", env, bare_port, home))
+        processes.append(serve("service.api.app:app_from_env", {**env, "LOG_LEVEL": "info"}, real_port, root))
+        bare, real = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{real_port}"
+        job = httpx.post(f"{real}/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
+
+        print(
+            f"1. status route vs bare Starlette + one async Redis GET ({args.seconds} s each, wrk -t2 -c64)"
+        )
+        b_rps, b_p99 = wrk(f"{bare}/get", args.seconds)
+        r_rps, r_p99 = wrk(f"{real}/v1/download/status/{job}", args.seconds)
+        print(f"   bare   {b_rps:8.0f} req/s  p99 {b_p99:6.1f} ms")
+        print(
+            f"   status {r_rps:8.0f} req/s  p99 {r_p99:6.1f} ms   ratio {r_rps / b_rps:.2f} (target >= 0.60)"
+        )
+
+        print("2. initiate vs bare Queue.enqueue in the thread pool")
+        b_rps, b_p99 = wrk(f"{bare}/enqueue", args.seconds, lua)
+        r_rps, r_p99 = wrk(f"{real}/v1/download/initiate", args.seconds, lua)
+        print(f"   bare     {b_rps:8.0f} req/s  p99 {b_p99:6.1f} ms")
+        print(
+            f"   initiate {r_rps:8.0f} req/s  p99 {r_p99:6.1f} ms   ratio {r_rps / b_rps:.2f} "
+            "(target >= 1.00, p99 <= 150 ms)"
+        )
+
+        print(
+            f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"
+        )
+        redis.Redis.from_url(redis_server.url).flushdb()  # our private server: drop the queued backlog
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env={**env, "LOG_LEVEL": "warning"},
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(worker)
+        latencies = []
+        with httpx.Client(base_url=real, timeout=10) as http:
+            for _ in range(args.jobs):
+                job_id = http.post("/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
+                while (body := http.get(f"/v1/download/status/{job_id}").json())["status"] != "completed":
+                    time.sleep(0.002)
+                created = time.mktime(time.strptime(body["createdAt"][:19], "%Y-%m-%dT%H:%M:%S"))
+                finished = time.mktime(time.strptime(body["finishedAt"][:19], "%Y-%m-%dT%H:%M:%S"))
+                ms = (
+                    (finished - created) * 1000
+                    + int(body["finishedAt"][20:23])
+                    - int(body["createdAt"][20:23])
+                )
+                latencies.append(ms)
+        latencies.sort()
+        p50, p99 = statistics.median(latencies), latencies[int(0.99 * (len(latencies) - 1))]
+        print(f"   p50 {p50:.1f} ms  p99 {p99:.1f} ms   (target p50 <= 50 ms)")
+        print(json.dumps({"latency_ms": {"p50": p50, "p99": p99}}))
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+        s3.stop()
+        redis_server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

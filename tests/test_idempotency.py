@@ -1,0 +1,87 @@
+"""No duplicate work, no lost request: Idempotency-Key, the de-duplication window, backpressure."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from service.jobs import state
+from tests.jobs import wait_for
+
+
+def test_same_key_same_body_returns_the_original_job_and_other_body_is_422(make_stack):
+    stack = make_stack()
+    with stack.client() as client:
+        headers = {"Idempotency-Key": "order-42"}
+        first = client.post("/v1/download/initiate", json={"file_ids": [70000]}, headers=headers)
+        again = client.post("/v1/download/initiate", json={"file_ids": [70000]}, headers=headers)
+        assert first.status_code == again.status_code == 202
+        assert again.json()["jobId"] == first.json()["jobId"]
+        assert again.headers["idempotent-replayed"] == "true"
+        other = client.post("/v1/download/initiate", json={"file_ids": [70007]}, headers=headers)
+        assert other.status_code == 422 and other.json()["requestId"]
+        fresh = client.post(
+            "/v1/download/initiate", json={"file_ids": [70000]}, headers={"Idempotency-Key": "x"}
+        )
+        assert fresh.json()["jobId"] != first.json()["jobId"]
+        bad = client.post(
+            "/v1/download/initiate", json={"file_ids": [70000]}, headers={"Idempotency-Key": "x" * 300}
+        )
+        assert bad.status_code == 400
+        wait_for(client, first.json()["jobId"])
+        after = client.post("/v1/download/initiate", json={"file_ids": [70000]}, headers=headers)
+        assert after.json()["jobId"] == first.json()["jobId"] and after.json()["status"] == "completed"
+
+
+def test_keys_are_scoped_per_client(make_stack):
+    stack = make_stack(TRUSTED_PROXIES="127.0.0.1/32")
+    with stack.client() as client:
+        body, key = {"file_ids": [70000]}, {"Idempotency-Key": "same-key"}
+        a = client.post(
+            "/v1/download/initiate", json=body, headers={**key, "X-Forwarded-For": "198.51.100.1"}
+        )
+        b = client.post(
+            "/v1/download/initiate", json=body, headers={**key, "X-Forwarded-For": "198.51.100.2"}
+        )
+        assert a.json()["jobId"] != b.json()["jobId"]
+
+
+def test_retry_storm_without_a_key_makes_one_job(make_stack):
+    stack = make_stack(DEDUPE_WINDOW_S="10", DOWNLOAD_DELAY_MIN_MS="1000", DOWNLOAD_DELAY_MAX_MS="1000")
+    ids: list[str] = []
+    with stack.client() as client:
+
+        def send() -> None:
+            with stack.client() as own:
+                ids.append(
+                    own.post("/v1/download/initiate", json={"file_ids": [70014, 70021]}).json()["jobId"]
+                )
+
+        threads = [threading.Thread(target=send) for _ in range(25)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(ids) == 25 and len(set(ids)) == 1
+        conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+        assert conn.zcard(state.INDEX_KEY) == 1
+        assert wait_for(client, ids[0])["status"] == "completed"
+        different = client.post("/v1/download/initiate", json={"file_ids": [70014]}).json()["jobId"]
+        assert different != ids[0]
+
+
+def test_queue_over_its_maximum_depth_answers_503_and_creates_nothing(make_stack):
+    stack = make_stack(workers=0, QUEUE_MAX_DEPTH="3")
+    with stack.client() as client:
+        accepted = [client.post("/v1/download/initiate", json={"file_ids": [70000 + i]}) for i in range(3)]
+        assert [r.status_code for r in accepted] == [202] * 3
+        refused = client.post("/v1/download/initiate", json={"file_ids": [70063]})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["requestId"] == refused.headers["x-request-id"]
+        conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+        assert conn.zcard(state.INDEX_KEY) == 3
+        stack.add_worker()
+        for response in accepted:
+            assert wait_for(client, response.json()["jobId"])["status"] in {"completed", "failed"}
+        assert client.post("/v1/download/initiate", json={"file_ids": [70063]}).status_code == 202
