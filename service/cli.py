@@ -94,7 +94,6 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
         )
     worker.work(
         burst=burst,
-        with_scheduler=True,
         dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
         logging_level=settings.log_level.upper(),
     )

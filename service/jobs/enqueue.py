@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -35,12 +34,6 @@ def queue_name(settings: Settings, file_count: int) -> str:
 @lru_cache(maxsize=8)
 def _queue(name: str, conn: redis.Redis) -> Queue:
     return Queue(name, connection=conn)
-
-
-def retry_intervals(settings: Settings) -> list[int]:
-    """Exponential backoff with jitter between whole-job attempts (RQ takes whole seconds)."""
-    base = settings.job_retry_base_s
-    return [max(1, round(base * 2**n * random.uniform(0.75, 1.25))) for n in range(settings.job_max_retries)]
 
 
 class QueueFull(Exception):
@@ -99,11 +92,7 @@ def _enqueue_once(
     conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
 ) -> str | None:
     queue = _queue(job.queue, conn)
-    retry = (
-        Retry(max=settings.job_max_retries, interval=retry_intervals(settings))
-        if settings.job_max_retries
-        else None
-    )
+    retry = Retry(max=settings.job_max_retries) if settings.job_max_retries else None
     with tracing.producer_span(job.queue, job.id), conn.pipeline() as pipe:
         # the worker continues this trace (tasks.process_download)
         job.traceparent = job.traceparent or tracing.current_traceparent()

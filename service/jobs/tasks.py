@@ -68,6 +68,17 @@ def pick_delay_s(settings: Settings) -> float:
     return random.randint(settings.download_delay_min_ms, settings.download_delay_max_ms) / 1000
 
 
+def retry_backoff_s(settings: Settings, attempt: int) -> float:
+    """Exponential backoff with ±25 % jitter before attempt 2, 3, ...
+
+    RQ requeues a failed (or abandoned) job at once; the wait happens here, in the job's
+    thread and cancellable, so retries never depend on RQ's scheduler process being alive.
+    """
+    if attempt <= 1:
+        return 0.0
+    return settings.job_retry_base_s * 2 ** (attempt - 2) * random.uniform(0.75, 1.25)
+
+
 def process_download(job_id: str) -> dict[str, Any] | None:
     """RQ entry point (the API enqueues it by this name): the job, observed.
 
@@ -101,6 +112,8 @@ def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[st
     job_id = job.id
     conn, ttl = ctx.redis, ctx.settings.job_ttl_s
     cancelled = cancellation.event_for(job_id)
+    if cancelled.wait(retry_backoff_s(ctx.settings, attempt)):  # status stays `retrying` meanwhile
+        return None
     try:
         transition(
             conn,

@@ -9,7 +9,7 @@ already tracks several executions per worker) and runs each job's `perform_job` 
   execution index and RQ's abandoned-job handling stay truthful per job;
 - a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
   three beats, so a worker killed with SIGKILL has its jobs retried soon after;
-- job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's stop-job
+- job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's
   command (stop-execution) sets the job's cancel event instead of killing a process.
 """
 
