@@ -121,6 +121,7 @@ def main() -> None:
         "S3_FORCE_PATH_STYLE": "true",
         "DOWNLOAD_DELAY_ENABLED": "false",
         "RATE_LIMIT_MAX_REQUESTS": "100000000",
+        "DEDUPE_WINDOW_S": "0",  # every benchmark request is a new job
         "PYTHONPATH": str(home),
         "PROMETHEUS_MULTIPROC_DIR": str(home / "prom"),
     }
