@@ -85,7 +85,10 @@ class Stack:
 
     def add_worker(self, **env: str) -> Proc:
         worker = spawn(
-            f"worker{len(self.workers)}", [sys.executable, "-m", "service", "worker"], {**self.env, **env}, self.logdir
+            f"worker{len(self.workers)}",
+            [sys.executable, "-m", "service", "worker"],
+            {**self.env, **env},
+            self.logdir,
         )
         self.workers.append(worker)
         return worker
