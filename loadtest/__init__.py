@@ -1,0 +1,1 @@
+"""Capacity testing with Locust: user classes, proxy-timeout judging, thresholds and reports."""
