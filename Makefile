@@ -30,5 +30,15 @@ format: $(BIN)/delineate
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
+# A short headless Locust run against URL (default: `make run` on port 3000), judged against
+# PROFILE's proxy timeout. `make run` needs a larger budget: RATE_LIMIT_MAX_REQUESTS=1000000 make run
+URL ?= http://127.0.0.1:3000
+PROFILE ?= nginx
+loadtest: $(BIN)/delineate
+	mkdir -p loadtest/results
+	$(BIN)/locust -f loadtest/locustfile.py --headless -H $(URL) -u 20 -r 10 -t 30s --stop-timeout 60 \
+		--proxy-profile $(PROFILE) --csv loadtest/results/locust --html loadtest/results/locust.html \
+		--report-dir loadtest/results
+
 clean:
 	rm -rf $(VENV) .pytest_cache
