@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
     dedupe_window_s: int = Field(10, ge=0)
     queue_max_depth: int = Field(10_000, ge=0)
+    per_client_max_active_jobs: int = Field(100, ge=0)  # 0 = no per-client limit
+    reaper_interval_s: int = Field(15, ge=1)  # how often one worker looks for stuck jobs
+
+    # Webhooks (docs/webhooks.md): Standard Webhooks signatures, retried deliveries
+    webhook_secret: SecretStr | None = None  # "whsec_<base64>" or any string; unset = no callbacks
+    webhook_allow_private: bool = False  # allow callbacks to loopback / private / link-local
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = []  # hosts or CIDRs allowed anyway
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_retry_base_s: float = Field(2.0, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)
 
     # Observability (docs/observability.md): metrics and traces
     worker_metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0 = off
@@ -90,7 +100,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -9,7 +9,6 @@ turns into the download's cancel event (it stops within one wait, well under a s
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import redis
 from rq.command import send_stop_execution_command
@@ -17,7 +16,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from service.jobs import state
-from service.jobs.tasks import JobGone, transition
+from service.jobs.tasks import JobGone, finish
 from service.settings import Settings
 from service.telemetry import metrics
 
@@ -28,13 +27,8 @@ class AlreadyFinished(Exception):
 
 def cancel(conn: redis.Redis, settings: Settings, job_id: str) -> None:
     """Cancel `job_id`; raises AlreadyFinished when there is nothing left to cancel."""
-    fields: dict[str, Any] = {"status": state.CANCELLED, "finished_at": state.now_iso(), "error": None}
     try:
-        transition(
-            conn,
-            job_id,
-            lambda p: state.queue_update(p, job_id, settings.job_ttl_s, state.CANCELLED, **fields),
-        )
+        finish(conn, settings, job_id, status=state.CANCELLED, error=None)
     except JobGone:
         raise AlreadyFinished(job_id) from None
     metrics.JOBS_CANCELLED.inc()

@@ -5,7 +5,10 @@ Keys, all under the `delineate:` prefix and all expiring JOB_TTL_S after the las
 - `job:{id}:files`   list: one JSON object per processed file, in processing order.
 - `job:{id}:events`  stream: every state change, for SSE replay (entry ids are SSE ids).
 - `jobs`             sorted set: job id -> creation time; tells an expired job (410) from an
-                     unknown one (404), and lets the reaper find jobs.
+                     unknown one (404).
+- `active`           sorted set: job id -> creation time of jobs not known to be finished; the
+                     reaper walks it and drops the finished ones (pruned lazily, never trusted).
+- `client:{c}:active` sorted set: the same, per client, for PER_CLIENT_MAX_ACTIVE_JOBS.
 Changes are also announced on the pub/sub channel `events` (message: the job id) so each API
 process needs one subscription for all its streams.
 
@@ -22,6 +25,7 @@ from typing import Any
 
 PREFIX = "delineate:"
 INDEX_KEY = PREFIX + "jobs"
+ACTIVE_KEY = PREFIX + "active"
 EVENTS_CHANNEL = PREFIX + "events"
 EVENTS_MAXLEN = 2_000
 
@@ -48,6 +52,10 @@ def events_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
 
+def client_active_key(client: str) -> str:
+    return f"{PREFIX}client:{client}:active"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -70,6 +78,8 @@ class JobRecord:
     result_key: str | None = None
     result_size: int | None = None
     traceparent: str | None = None
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None  # the delivery outcome, once a delivery was tried
     files: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -96,6 +106,8 @@ class JobRecord:
             "result_key": self.result_key,
             "result_size": None if self.result_size is None else str(self.result_size),
             "traceparent": self.traceparent,
+            "callback_url": self.callback_url,
+            "webhook": None if self.webhook is None else json.dumps(self.webhook),
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -120,6 +132,8 @@ class JobRecord:
             result_key=text.get("result_key"),
             result_size=int(size) if size else None,
             traceparent=text.get("traceparent"),
+            callback_url=text.get("callback_url"),
+            webhook=json.loads(text["webhook"]) if text.get("webhook") else None,
             files=[json.loads(_text(item)) for item in files],
         )
 
@@ -132,7 +146,12 @@ def queue_create(pipe: Any, job: JobRecord, ttl_s: int) -> None:
     """Write a new job and its `queued` event."""
     pipe.hset(job_key(job.id), mapping=job.to_hash())
     pipe.expire(job_key(job.id), ttl_s)
-    pipe.zadd(INDEX_KEY, {job.id: datetime.now(UTC).timestamp()})
+    created = datetime.now(UTC).timestamp()
+    pipe.zadd(INDEX_KEY, {job.id: created})
+    pipe.zadd(ACTIVE_KEY, {job.id: created})
+    if job.client:
+        pipe.zadd(client_active_key(job.client), {job.id: created})
+        pipe.expire(client_active_key(job.client), ttl_s)
     queue_event(pipe, job.id, QUEUED, {"status": QUEUED}, ttl_s)
 
 

@@ -54,6 +54,18 @@ def transition(conn: redis.Redis, job_id: str, write: Callable[[Any], None]) -> 
     raise RuntimeError(f"job {job_id}: state kept changing under the worker")
 
 
+def finish(conn: redis.Redis, settings: Settings, job_id: str, **fields: Any) -> None:
+    """Move the job to its terminal state (fields["status"]): the one door every ending uses.
+
+    Worker success or failure, a cancel, the reaper: all come through here, so whatever must
+    happen exactly once per ending happens in the same MULTI as the state change.
+    """
+    assert fields["status"] in state.TERMINAL
+    fields.setdefault("finished_at", state.now_iso())
+    ttl = settings.job_ttl_s
+    transition(conn, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields))
+
+
 def load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:
     with conn.pipeline(transaction=False) as pipe:
         state.queue_read(pipe, job_id)
@@ -151,7 +163,6 @@ def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[st
 
 
 def _publish(ctx: context.JobContext, job_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    ttl = ctx.settings.job_ttl_s
     found = [r for r in results if r["available"]]
     if not found:
         error = f"none of the {len(results)} requested files exist"
@@ -168,7 +179,7 @@ def _publish(ctx: context.JobContext, job_id: str, results: list[dict[str, Any]]
             "result_size": ctx.storage.write_zip(key, members),
         }
     fields["finished_at"] = state.now_iso()
-    transition(ctx.redis, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields))
+    finish(ctx.redis, ctx.settings, job_id, **fields)
     return fields
 
 
@@ -178,19 +189,18 @@ def on_failure(job: Job, connection: redis.Redis, exc_type: type, exc: BaseExcep
     RQ calls it before it decides, so `retries_left > 0` means a retry follows.
     """
     job_id = job.id
-    ttl = context.current().settings.job_ttl_s
+    settings = context.current().settings
     retrying = bool(job.retries_left and job.retries_left > 0)
-    if retrying:
-        metrics.JOB_RETRIES.labels(job.origin).inc()
     reason = f"{exc_type.__name__}: {exc}"[:500]
-    fields: dict[str, Any] = {"error": reason}
-    if retrying:
-        fields["status"] = state.RETRYING
-    else:
-        fields.update(status=state.FAILED, finished_at=state.now_iso())
     with contextlib.suppress(JobGone):
-        transition(
-            connection, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields)
-        )
-        if not retrying:
+        if retrying:
+            metrics.JOB_RETRIES.labels(job.origin).inc()
+            fields = {"status": state.RETRYING, "error": reason}
+            transition(
+                connection,
+                job_id,
+                lambda p: state.queue_update(p, job_id, settings.job_ttl_s, state.RETRYING, **fields),
+            )
+        else:
+            finish(connection, settings, job_id, status=state.FAILED, error=reason)
             metrics.job_finished(job.origin, state.FAILED, job.created_at)
