@@ -40,6 +40,10 @@ class QueueFull(Exception):
     """More than QUEUE_MAX_DEPTH jobs wait: refuse new ones (503) rather than queue forever."""
 
 
+class TooManyActive(Exception):
+    """The client already has PER_CLIENT_MAX_ACTIVE_JOBS unfinished jobs (429)."""
+
+
 class IdempotencyConflict(Exception):
     """The same Idempotency-Key came with a different body (422)."""
 
@@ -80,6 +84,7 @@ def enqueue(
     Returns None when `job` was queued.
     """
     if settings.queue_max_depth and depth(conn) >= settings.queue_max_depth:
+        metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
     while True:
         try:
@@ -104,6 +109,16 @@ def _enqueue_once(
                 if earlier["fingerprint"] != claim.fingerprint:
                     raise IdempotencyConflict(claim.key)
                 return str(earlier["jobId"])
+        limit = settings.per_client_max_active_jobs
+        if limit and job.client:
+            active_key = state.client_active_key(job.client)
+            pipe.watch(active_key)
+            if pipe.zcard(active_key) >= limit:
+                pipe.unwatch()
+                if prune_active(conn, active_key) >= limit:
+                    metrics.JOBS_REJECTED.labels("client_limit").inc()
+                    raise TooManyActive(limit)
+                raise redis.WatchError  # pruned: count again under WATCH
         pipe.multi()
         if claim:
             record = {"jobId": job.id, "fingerprint": claim.fingerprint}
@@ -123,6 +138,27 @@ def _enqueue_once(
         pipe.execute()
     metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     return None
+
+
+def prune_active(conn: redis.Redis, key: str) -> int:
+    """Drop finished or expired jobs from an active-jobs set; returns how many remain.
+
+    Jobs are added when created and only removed here, lazily: a set that is never trusted
+    cannot leak a slot when a worker dies before it could say a job ended.
+    """
+    members = conn.zrange(key, 0, -1)
+    with conn.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.hget(state.job_key(member.decode()), "status")
+        statuses = pipe.execute()
+    done = [
+        m
+        for m, status in zip(members, statuses, strict=True)
+        if status is None or status.decode() in state.TERMINAL
+    ]
+    if done:
+        conn.zrem(key, *done)
+    return len(members) - len(done)
 
 
 def depth(conn: redis.Redis) -> int:

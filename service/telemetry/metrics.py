@@ -95,6 +95,12 @@ QUEUE_WAIT = Histogram(
     ["queue"],
     buckets=QUEUE_WAIT_BUCKETS,
 )
+JOBS_REJECTED = Counter(
+    "delineate_jobs_rejected",
+    "Initiate requests refused before a job was created: queue_full (QUEUE_MAX_DEPTH, 503) or "
+    "client_limit (PER_CLIENT_MAX_ACTIVE_JOBS, 429).",
+    ["reason"],
+)
 JOB_RETRIES = Counter(
     "delineate_job_retries", "Failed attempts that RQ will run again after a backoff.", ["queue"]
 )
@@ -145,6 +151,8 @@ def _initialise() -> None:
             JOB_DURATION.labels(queue, outcome)
     for outcome in ("delivered", "failed", "gave_up"):
         WEBHOOK_DELIVERIES.labels(outcome)
+    for reason in ("queue_full", "client_limit"):
+        JOBS_REJECTED.labels(reason)
 
 
 _initialise()
