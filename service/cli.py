@@ -1,4 +1,4 @@
-"""`delineate api | worker | dev`: the process entry points.
+"""`delineate api | worker | dev | webhooks | proxy`: the process entry points.
 
 `dev` is what `make run` runs: embedded Redis and S3 when REDIS_URL / S3_ENDPOINT are unset,
 demo files in the bucket, then the API and a worker as child processes until Ctrl+C.
@@ -69,6 +69,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     from service.jobs import context, enqueue
     from service.jobs.worker import DownloadWorker
     from service.telemetry import metrics, tracing
+    from service.webhooks import delivery
 
     tracing.setup(
         settings.otel_exporter_otlp_endpoint,
@@ -79,7 +80,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     ctx = context.JobContext.from_settings(settings)
     context.install(ctx)
     worker = DownloadWorker(
-        list(enqueue.QUEUES),
+        [*enqueue.QUEUES, delivery.QUEUE],
         connection=ctx.redis,
         concurrency=settings.worker_concurrency,
         job_monitoring_interval=settings.worker_heartbeat_s,
@@ -169,6 +170,28 @@ def run_dev(settings: Settings) -> int:
             server.stop()
 
 
+def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
+    """Operator access to webhook dead letters: list them as JSON lines, or redeliver one."""
+    import json
+
+    from service.redis_client import sync_client
+    from service.webhooks import delivery
+
+    if not settings.redis_url:
+        print("delineate webhooks: REDIS_URL must be set", file=sys.stderr)
+        return 2
+    conn = sync_client(settings.redis_url)
+    if action == "dead":
+        for letter in delivery.dead_letters(conn):
+            print(json.dumps(letter))
+        return 0
+    if job_id and delivery.redeliver(conn, settings, job_id):
+        print(f"queued a new delivery for job {job_id}")
+        return 0
+    print(f"delineate webhooks: no dead letter for job {job_id}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="delineate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     worker = sub.add_parser("worker", help="run a download worker (RQ)")
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     sub.add_parser("dev", help="API + worker (+ embedded Redis and S3 when unset): what `make run` runs")
+    webhooks = sub.add_parser("webhooks", help="list or redeliver webhook dead letters")
+    webhooks.add_argument("action", choices=("dead", "redeliver"))
+    webhooks.add_argument("job_id", nargs="?", help="the job whose delivery to retry (redeliver)")
     proxy_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy":  # needs no service settings: it only reads proxy/profiles.toml
@@ -191,3 +217,5 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(settings, burst=args.burst)
     elif args.command == "dev":
         raise SystemExit(run_dev(settings))
+    elif args.command == "webhooks":
+        raise SystemExit(run_webhooks(settings, args.action, args.job_id))

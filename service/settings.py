@@ -6,6 +6,7 @@ CORS_ORIGINS, DOWNLOAD_DELAY_*) so existing deployments keep their configuration
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from functools import cached_property
 from typing import Annotated, Literal
@@ -112,6 +113,21 @@ class Settings(BaseSettings):
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """Standard Webhooks secrets are base64 ("whsec_" prefix optional), at least 24 bytes."""
+        if value is None:
+            return None
+        raw = value.get_secret_value().removeprefix("whsec_").rstrip("=")
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except ValueError:
+            raise ValueError("must be base64, optionally prefixed with whsec_") from None
+        if len(key) < 24:
+            raise ValueError("must decode to at least 24 random bytes (e.g. `openssl rand -base64 32`)")
         return value
 
     @field_validator("log_level", "log_format", mode="before")

@@ -85,3 +85,28 @@ def test_queue_over_its_maximum_depth_answers_503_and_creates_nothing(make_stack
         for response in accepted:
             assert wait_for(client, response.json()["jobId"])["status"] in {"completed", "failed"}
         assert client.post("/v1/download/initiate", json={"file_ids": [70063]}).status_code == 202
+        metrics = client.get("/metrics").text
+        assert 'delineate_jobs_rejected_total{reason="queue_full"} 1.0' in metrics
+
+
+def test_a_client_over_its_active_job_limit_gets_429_until_one_finishes(make_stack):
+    stack = make_stack(workers=0, PER_CLIENT_MAX_ACTIVE_JOBS="2", TRUSTED_PROXIES="127.0.0.1/32")
+    with stack.client() as client:
+        alice = {"X-Forwarded-For": "203.0.113.7"}
+        first, second = (
+            client.post("/v1/download/initiate", json={"file_ids": [70000 + i]}, headers=alice)
+            for i in (0, 7)
+        )
+        assert first.status_code == second.status_code == 202
+        refused = client.post("/v1/download/initiate", json={"file_ids": [70014]}, headers=alice)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "PER_CLIENT_MAX_ACTIVE_JOBS" in refused.json()["message"] and refused.json()["requestId"]
+        bob = client.post(
+            "/v1/download/initiate", json={"file_ids": [70014]}, headers={"X-Forwarded-For": "203.0.113.8"}
+        )
+        assert bob.status_code == 202, "the limit is per client"
+        assert client.delete(f"/v1/download/{first.json()['jobId']}").status_code == 200
+        assert (
+            client.post("/v1/download/initiate", json={"file_ids": [70014]}, headers=alice).status_code == 202
+        )
+        assert 'delineate_jobs_rejected_total{reason="client_limit"} 1.0' in client.get("/metrics").text

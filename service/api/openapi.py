@@ -53,6 +53,16 @@ STATUS = _obj(
     error=NULL_STR,
     size=NULL_INT,
     downloadUrl=NULL_STR,
+    traceId=NULL_STR,
+    webhook=_obj(  # only for jobs started with a callbackUrl (docs/webhooks.md)
+        state={"enum": ["waiting", "pending", "retrying", "delivered", "failed"]},
+        eventId=STR,
+        attempts=INT,
+        lastStatus=NULL_INT,
+        lastError=NULL_STR,
+        lastAttemptAt=STR,
+        deliveredAt=STR,
+    ),
 )
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -124,7 +134,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     ),
                     "Accepted; Location and Retry-After say where and when to poll",
                 ),
-                **_errors(400, 413, 415, 429, 503),
+                **_errors(400, 413, 415, 422, 429, 503),
             },
         }
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.requests import Request
 
 from service.api.errors import ApiError
@@ -27,6 +27,9 @@ class InitiateRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     file_ids: list[FileId] = Field(min_length=1, max_length=FILE_IDS_MAX, description="1 to 1,000 file IDs")
+    callbackUrl: StrictStr | None = Field(
+        None, min_length=1, max_length=2_048, description="Signed webhook on the terminal state"
+    )
 
 
 async def read_body(request: Request, model: type[Model], max_bytes: int) -> Model:

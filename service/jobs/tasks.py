@@ -22,6 +22,7 @@ from service.settings import Settings
 from service.storage.s3 import bundle_key, source_key
 from service.telemetry import metrics, tracing
 from service.telemetry.logging import get_logger
+from service.webhooks import delivery
 
 MAX_GUARD_TRIES = 20
 log = get_logger("service.jobs")
@@ -62,8 +63,14 @@ def finish(conn: redis.Redis, settings: Settings, job_id: str, **fields: Any) ->
     """
     assert fields["status"] in state.TERMINAL
     fields.setdefault("finished_at", state.now_iso())
-    ttl = settings.job_ttl_s
-    transition(conn, job_id, lambda p: state.queue_update(p, job_id, ttl, fields["status"], **fields))
+    announce = settings.webhook_secret is not None and conn.hexists(state.job_key(job_id), "callback_url")
+
+    def write(pipe: Any) -> None:
+        state.queue_update(pipe, job_id, settings.job_ttl_s, fields["status"], **fields)
+        if announce:
+            delivery.queue(pipe, conn, settings, job_id)
+
+    transition(conn, job_id, write)
 
 
 def load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:

@@ -16,8 +16,10 @@ from service.api.resources import resources
 from service.api.schemas import FileRequest, InitiateRequest, read_body
 from service.jobs import control, enqueue, state
 from service.jobs.tasks import pick_delay_s
+from service.jobs.view import status_body
+from service.settings import Settings
 from service.storage.s3 import source_key
-from service.telemetry.tracing import trace_id_of
+from service.webhooks import guard
 
 SUCCESSOR = "/v1/download/initiate"
 DEPRECATION_HEADERS = {
@@ -86,6 +88,8 @@ async def initiate(request: Request) -> JSONResponse:
     """Accept a job and answer at once (202); the job is on its queue before we answer."""
     res = resources(request)
     body = await read_body(request, InitiateRequest, res.settings.max_body_bytes)
+    if body.callbackUrl is not None:
+        await _check_callback(res.settings, body.callbackUrl)
     job = state.JobRecord(
         id=str(uuid.uuid4()),
         status=state.QUEUED,
@@ -93,13 +97,20 @@ async def initiate(request: Request) -> JSONResponse:
         created_at=state.now_iso(),
         client=(request.client.host if request.client else ""),
         queue=enqueue.queue_name(res.settings, len(body.file_ids)),
+        callback_url=body.callbackUrl,
     )
-    claim = enqueue.Claim.make(res.settings, job.client, body.model_dump(), _idempotency_key(request))
+    claim = enqueue.Claim.make(
+        res.settings, job.client, body.model_dump(exclude_none=True), _idempotency_key(request)
+    )
     try:
         earlier = await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job, claim)
     except enqueue.QueueFull:
         retry = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
         raise ApiError(503, "Too many jobs are waiting; retry later", retry) from None
+    except enqueue.TooManyActive as exc:
+        retry = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
+        message = f"You already have {exc} unfinished jobs (PER_CLIENT_MAX_ACTIVE_JOBS); retry later"
+        raise ApiError(429, message, retry) from None
     except enqueue.IdempotencyConflict:
         raise ApiError(422, "This Idempotency-Key was used with a different request body") from None
     extra: dict[str, str] = {}
@@ -120,6 +131,16 @@ async def initiate(request: Request) -> JSONResponse:
         202,
         headers={"Location": status_url, "Retry-After": str(res.settings.poll_interval_s), **extra},
     )
+
+
+async def _check_callback(settings: Settings, url: str) -> None:
+    """400 unless webhooks are configured and the URL passes the SSRF guard (DNS: threadpool)."""
+    if settings.webhook_secret is None:
+        raise ApiError(400, "callbackUrl is not available: this service has no WEBHOOK_SECRET configured")
+    try:
+        await run_in_threadpool(guard.check, url, settings)
+    except guard.UnsafeCallback as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -148,25 +169,6 @@ async def load_job(request: Request) -> state.JobRecord:
     if await res.redis.zscore(state.INDEX_KEY, job_id) is not None:
         raise ApiError(410, f"Job {job_id} has expired; its results are no longer kept")
     raise ApiError(404, f"No job {job_id}")
-
-
-def status_body(job: state.JobRecord) -> dict[str, Any]:
-    """The public view of a job (docs/api.md); the download URL is ours, never a presigned one."""
-    percent = round(100 * job.done / job.total, 1) if job.total else 100.0
-    return {
-        "jobId": job.id,
-        "status": job.status,
-        "attempt": job.attempt,
-        "progress": {"done": job.done, "total": job.total, "percent": percent},
-        "files": job.files,
-        "createdAt": job.created_at,
-        "startedAt": job.started_at,
-        "finishedAt": job.finished_at,
-        "error": job.error,
-        "size": job.result_size,
-        "downloadUrl": f"/v1/download/{job.id}/file" if job.status == state.COMPLETED else None,
-        "traceId": trace_id_of(job.traceparent),  # the job's trace, to look up in Jaeger
-    }
 
 
 async def status(request: Request) -> JSONResponse:

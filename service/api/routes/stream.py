@@ -22,8 +22,9 @@ from starlette.responses import Response
 
 from service.api.events import Entry, EventHub, decode, stream_id
 from service.api.resources import resources
-from service.api.routes.downloads import load_job, status_body
+from service.api.routes.downloads import load_job
 from service.jobs import state
+from service.jobs.view import status_body
 from service.telemetry import metrics
 
 STATUS_EVENTS = {state.QUEUED, state.PROCESSING, state.RETRYING}

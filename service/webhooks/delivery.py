@@ -1,0 +1,202 @@
+"""Signed webhook deliveries: one RQ job per terminal event, retried with backoff and jitter.
+
+`queue()` runs inside the MULTI that makes a job terminal (tasks.finish), so every ending of
+a job with a callbackUrl is announced exactly once, even if the worker dies a moment later.
+`deliver()` is the RQ job: it signs the final status per the Standard Webhooks scheme
+(webhook-id, webhook-timestamp, webhook-signature: HMAC-SHA256 with WEBHOOK_SECRET, via the
+scheme's reference library), POSTs it, and retries network errors, timeouts, 5xx, 408 and 429
+up to WEBHOOK_MAX_ATTEMPTS. The outcome is kept in the job's `webhook` field (shown in its
+status); a delivery that gives up is kept as a dead letter that `delineate webhooks` lists
+and redelivers. The waits happen inside the job, like download retries, so they never need
+RQ's scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+from rq import Queue, Retry
+from standardwebhooks import Webhook
+
+from service.jobs import context, state
+from service.jobs.view import status_body
+from service.settings import Settings
+from service.telemetry import metrics, tracing
+from service.telemetry.logging import get_logger
+from service.webhooks import guard
+
+QUEUE = "webhooks"
+TASK = "service.webhooks.delivery.deliver"
+DEAD_LETTERS_KEY = state.PREFIX + "webhooks:dead"
+RETRYABLE_STATUSES = frozenset({408, 429})
+USER_AGENT = "Delineate-Webhooks/1"
+log = get_logger("service.webhooks")
+
+# Write the outcome only while the job's state exists: never resurrect an expired job.
+_RECORD_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'webhook', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def queue(
+    pipe: Any, conn: redis.Redis, settings: Settings, job_id: str, event_id: str | None = None
+) -> dict[str, Any]:
+    """Queue the delivery of `job_id`'s terminal event on `pipe` (in MULTI); returns the record."""
+    event_id = event_id or f"msg_{uuid.uuid4().hex}"
+    record = {"state": "pending", "eventId": event_id, "attempts": 0, "lastStatus": None, "lastError": None}
+    pipe.hset(state.job_key(job_id), "webhook", json.dumps(record))
+    Queue(QUEUE, connection=conn).enqueue_call(
+        TASK,
+        args=(job_id, event_id),
+        timeout=_job_timeout_s(settings),
+        result_ttl=600,
+        failure_ttl=settings.job_ttl_s,
+        retry=Retry(max=2),  # the worker died mid-delivery: the next run resumes the count
+        pipeline=pipe,
+    )
+    return record
+
+
+def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
+    """RQ entry point: deliver the job's terminal event until it succeeds or attempts run out."""
+    ctx = context.current()
+    conn, settings = ctx.redis, ctx.settings
+    job = _load(conn, job_id)
+    if job is None or not job.callback_url or settings.webhook_secret is None:
+        return None  # expired meanwhile, or webhooks switched off since: nothing to announce
+    record = dict(job.webhook or {})
+    if record.get("eventId") != event_id or record.get("state") in ("delivered", "failed"):
+        return record  # a later redelivery owns the record, or this one already finished
+    payload = json.dumps(
+        {
+            "id": event_id,
+            "type": f"download.{job.status}",
+            "timestamp": state.now_iso(),
+            "data": status_body(job),
+        },
+        separators=(",", ":"),
+    )
+    signer = Webhook(settings.webhook_secret.get_secret_value())
+    host = urlsplit(job.callback_url).hostname
+    with (
+        tracing.job_span(job_id, job.traceparent, QUEUE, int(record.get("attempts", 0)) + 1),
+        httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client,
+    ):
+        while record["attempts"] < settings.webhook_max_attempts:
+            record["attempts"] += 1
+            status, error, retryable = _attempt(client, signer, job.callback_url, event_id, payload, settings)
+            record.update(lastStatus=status, lastError=error, lastAttemptAt=state.now_iso())
+            if error is None:
+                record.update(state="delivered", deliveredAt=record["lastAttemptAt"])
+                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+                _record(conn, job_id, record)
+                log.info("webhook_delivered", job_id=job_id, host=host, attempts=record["attempts"])
+                return record
+            last = not retryable or record["attempts"] >= settings.webhook_max_attempts
+            metrics.WEBHOOK_DELIVERIES.labels("gave_up" if last else "failed").inc()
+            log.warning("webhook_attempt_failed", job_id=job_id, host=host, error=error, final=last)
+            if last:
+                break
+            record["state"] = "retrying"
+            _record(conn, job_id, record)
+            time.sleep(backoff_s(settings, record["attempts"]))
+    record["state"] = "failed"
+    _record(conn, job_id, record)
+    conn.zadd(DEAD_LETTERS_KEY, {job_id: time.time()})
+    return record
+
+
+def backoff_s(settings: Settings, attempts: int) -> float:
+    """Exponential backoff with ±25 % jitter after the `attempts`-th failure."""
+    return settings.webhook_retry_base_s * 2 ** (attempts - 1) * random.uniform(0.75, 1.25)
+
+
+def _attempt(
+    client: httpx.Client, signer: Webhook, url: str, event_id: str, payload: str, settings: Settings
+) -> tuple[int | None, str | None, bool]:
+    """One signed POST: (HTTP status, error or None, whether a retry may help)."""
+    try:
+        guard.check(url, settings)  # DNS may have changed since initiate
+    except guard.UnsafeCallback as exc:
+        return None, str(exc), False
+    now = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signer.sign(event_id, now, payload),
+    }
+    try:
+        response = client.post(url, content=payload, headers=headers)
+    except httpx.HTTPError as exc:
+        return None, type(exc).__name__, True
+    status = response.status_code
+    if 200 <= status < 300:
+        return status, None, True
+    return status, f"HTTP {status}", status >= 500 or status in RETRYABLE_STATUSES
+
+
+def _load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:
+    with conn.pipeline(transaction=False) as pipe:
+        state.queue_read(pipe, job_id)
+        fields, files = pipe.execute()
+    return state.JobRecord.from_redis(fields, files)
+
+
+def _record(conn: redis.Redis, job_id: str, record: dict[str, Any]) -> None:
+    conn.eval(_RECORD_IF_EXISTS, 1, state.job_key(job_id), json.dumps(record))
+
+
+def _job_timeout_s(settings: Settings) -> int:
+    waits = sum(settings.webhook_retry_base_s * 2**i * 1.25 for i in range(settings.webhook_max_attempts))
+    return int(settings.webhook_max_attempts * (settings.webhook_timeout_s + 5) + waits) + 60
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def dead_letters(conn: redis.Redis) -> list[dict[str, Any]]:
+    """Deliveries that gave up, oldest first; entries whose job expired are dropped."""
+    found: list[dict[str, Any]] = []
+    for raw_id, failed_at in conn.zrange(DEAD_LETTERS_KEY, 0, -1, withscores=True):
+        job_id = raw_id.decode()
+        job = _load(conn, job_id)
+        if job is None or not job.webhook or job.webhook.get("state") != "failed":
+            conn.zrem(DEAD_LETTERS_KEY, job_id)
+            continue
+        found.append(
+            {
+                "jobId": job_id,
+                "status": job.status,
+                "host": urlsplit(job.callback_url or "").hostname,  # never the full URL: it may hold a token
+                "failedAt": datetime.fromtimestamp(failed_at, UTC).isoformat(timespec="seconds"),
+                **job.webhook,
+            }
+        )
+    return found
+
+
+def redeliver(conn: redis.Redis, settings: Settings, job_id: str) -> bool:
+    """Queue a dead letter again with the same event id (receivers de-duplicate by it)."""
+    job = _load(conn, job_id)
+    if job is None or not job.webhook or job.webhook.get("state") != "failed":
+        return False
+    with conn.pipeline() as pipe:
+        pipe.multi()  # RQ's enqueue joins a pipeline only once it is in MULTI
+        queue(pipe, conn, settings, job_id, job.webhook["eventId"])
+        pipe.zrem(DEAD_LETTERS_KEY, job_id)
+        pipe.execute()
+    return True
