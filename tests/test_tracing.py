@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import wait_for
 
 
@@ -113,10 +114,12 @@ def traced_env(receiver: OtlpReceiver) -> dict[str, str]:
 SERVER, PRODUCER, CONSUMER, CLIENT = 2, 4, 5, 3  # opentelemetry.proto Span.SpanKind values
 
 
-def test_one_trace_holds_the_request_the_enqueue_the_job_and_its_s3_calls(make_stack, otlp):
-    stack = make_stack(**traced_env(otlp))
+def test_one_trace_holds_the_request_the_enqueue_the_job_its_s3_calls_and_webhook(make_stack, otlp):
+    hook = Receiver()
+    stack = make_stack(**traced_env(otlp), **WEBHOOKS)
     with stack.client() as client:
-        accepted = client.post("/v1/download/initiate", json={"file_ids": [70000, 70007]})
+        body = {"file_ids": [70000, 70007], "callbackUrl": hook.url}
+        accepted = client.post("/v1/download/initiate", json=body)
         assert accepted.status_code == 202
         job_id = accepted.json()["jobId"]
         done = wait_for(client, job_id)
@@ -133,6 +136,8 @@ def test_one_trace_holds_the_request_the_enqueue_the_job_and_its_s3_calls(make_s
             "POST /v1/download/initiate",
             "enqueue downloads-small",
             "process downloads-small",
+            "process webhooks",
+            "POST webhook",
         } <= names and any(s.name == "S3.CompleteMultipartUpload" for s in spans)
 
     spans = otlp.wait_for(trace_id, complete)
@@ -154,6 +159,17 @@ def test_one_trace_holds_the_request_the_enqueue_the_job_and_its_s3_calls(make_s
     assert all(s.service == "delineate-worker" and s.parent_id == job.span_id for s in s3_calls)
     # the enqueue's Redis MULTI is in the trace too, under the enqueue span
     assert any(s.kind == CLIENT and s.parent_id == enqueue.span_id for s in spans)
+    # the webhook delivery continues the same trace: its job span, then one span per attempt
+    (delivery,) = [s for s in spans if s.name == "process webhooks"]
+    (attempt,) = [s for s in spans if s.name == "POST webhook"]
+    assert (delivery.service, delivery.kind, delivery.parent_id) == (
+        "delineate-worker",
+        CONSUMER,
+        enqueue.span_id,
+    )
+    assert (attempt.kind, attempt.parent_id) == (CLIENT, delivery.span_id)
+    assert len(hook.for_job(job_id)) == 1
+    hook.server.shutdown()
     # RQ's own polling (no job around it) is not exported as thousands of one-span traces
     assert all(s.kind != CLIENT for s in otlp.spans if not s.parent_id)
 

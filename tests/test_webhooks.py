@@ -7,16 +7,12 @@ against the same bytes.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,57 +21,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from service.settings import load_settings
 from service.webhooks import guard
+from tests.hooks import SECRET, WEBHOOKS, Receiver
 from tests.jobs import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-FAST = {
-    "WEBHOOK_SECRET": SECRET,
-    "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-    "WEBHOOK_RETRY_BASE_S": "0.05",
-    "WEBHOOK_MAX_ATTEMPTS": "3",
-}
-
-
-class Receiver:
-    """A loopback HTTP server that answers with scripted statuses and records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.script: list[int] = []  # statuses to answer in order; then `default`
-        self.default = 204
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.arrived:
-                    receiver.requests.append((dict(self.headers.items()), body))
-                    status = receiver.script.pop(0) if receiver.script else receiver.default
-                    receiver.arrived.notify_all()
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=do-not-log"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def for_job(
-        self, job_id: str, count: int = 1, timeout_s: float = 20
-    ) -> list[tuple[dict[str, str], bytes]]:
-        """Wait until `count` deliveries for `job_id` arrived; return them in order."""
-        deadline = time.monotonic() + timeout_s
-        with self.arrived:
-            while True:
-                found = [(h, b) for h, b in self.requests if json.loads(b)["data"]["jobId"] == job_id]
-                if len(found) >= count or time.monotonic() > deadline:
-                    return found
-                self.arrived.wait(0.1)
+FAST = {**WEBHOOKS, "WEBHOOK_MAX_ATTEMPTS": "3"}
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ installed (OpenTelemetry's API stays a no-op) and every helper here returns at o
 On: spans go by OTLP/HTTP (protobuf) to `{endpoint}/v1/traces` (Jaeger, an OTel collector).
 Starlette (the server span per request), Redis and botocore are instrumented. The enqueue
 span's W3C `traceparent` is stored in the job's hash; the worker continues that trace, so one
-trace holds the HTTP request, the enqueue, the job and each S3 call it made.
+trace holds the HTTP request, the enqueue, the job, each S3 call it made and the webhook
+delivery (its job span and one CLIENT span per attempt).
 
 Root client spans (RQ's own Redis polling, health-check S3 calls outside any request) are
 not sampled: they would bury the traces that matter under thousands of one-span traces.
@@ -168,6 +169,19 @@ def job_span(job_id: str, traceparent: str | None, queue: str, attempt: int) -> 
         f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
     ):
         yield
+
+
+@contextmanager
+def webhook_span(url_host: str, attempt: int) -> Iterator[Any]:
+    """One webhook attempt, a CLIENT span inside the delivery job's span; yields the span
+    (or None when tracing is off) so the caller can record the answer's status code."""
+    if not _enabled:
+        yield None
+        return
+    tracer = trace.get_tracer("delineate.webhooks")
+    attributes = {"http.request.method": "POST", "server.address": url_host, "delineate.attempt": attempt}
+    with tracer.start_as_current_span("POST webhook", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
 
 
 def add_trace_ids(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -89,14 +89,18 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
         separators=(",", ":"),
     )
     signer = Webhook(settings.webhook_secret.get_secret_value())
-    host = urlsplit(job.callback_url).hostname
+    url = job.callback_url
+    host = urlsplit(url).hostname or ""
     with (
         tracing.job_span(job_id, job.traceparent, QUEUE, int(record.get("attempts", 0)) + 1),
         httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client,
     ):
         while record["attempts"] < settings.webhook_max_attempts:
             record["attempts"] += 1
-            status, error, retryable = _attempt(client, signer, job.callback_url, event_id, payload, settings)
+            with tracing.webhook_span(host, record["attempts"]) as span:
+                status, error, retryable = _attempt(client, signer, url, event_id, payload, settings)
+                if span is not None and status is not None:
+                    span.set_attribute("http.response.status_code", status)
             record.update(lastStatus=status, lastError=error, lastAttemptAt=state.now_iso())
             if error is None:
                 record.update(state="delivered", deliveredAt=record["lastAttemptAt"])

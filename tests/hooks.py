@@ -1,0 +1,56 @@
+"""A webhook receiver for tests: a loopback HTTP server with scripted answers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+# Settings that let a stack deliver to a Receiver quickly.
+WEBHOOKS = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_RETRY_BASE_S": "0.05"}
+
+
+class Receiver:
+    """A loopback HTTP server that answers with scripted statuses and records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.script: list[int] = []  # statuses to answer in order; then `default`
+        self.default = 204
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.arrived:
+                    receiver.requests.append((dict(self.headers.items()), body))
+                    status = receiver.script.pop(0) if receiver.script else receiver.default
+                    receiver.arrived.notify_all()
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=do-not-log"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_job(
+        self, job_id: str, count: int = 1, timeout_s: float = 20
+    ) -> list[tuple[dict[str, str], bytes]]:
+        """Wait until `count` deliveries for `job_id` arrived; return them in order."""
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while True:
+                found = [(h, b) for h, b in self.requests if json.loads(b)["data"]["jobId"] == job_id]
+                if len(found) >= count or time.monotonic() > deadline:
+                    return found
+                self.arrived.wait(0.1)
