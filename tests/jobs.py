@@ -16,6 +16,13 @@ def initiate(client: httpx.Client, file_ids: list[int], **kwargs: Any) -> str:
     return response.json()["jobId"]
 
 
+def initiate_json(client: httpx.Client, body: dict[str, Any]) -> str:
+    """Initiate with any body (a callbackUrl, ...); the job id."""
+    response = client.post("/v1/download/initiate", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["jobId"]
+
+
 def wait_for(
     client: httpx.Client, job_id: str, statuses: set[str] = TERMINAL, timeout_s: float = 30
 ) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from service import embedded
-from tests.jobs import initiate, wait_for
+from tests.hooks import WEBHOOKS, Receiver
+from tests.jobs import initiate, initiate_json, wait_for
 from tests.procs import ROOT, require_binary, spawn
 from tests.test_tracing import running_receiver, traced_env
 
@@ -114,6 +115,8 @@ def prometheus_factory(tmp_path: Path):
 
 def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prometheus_factory):
     worker_port = embedded.free_port()
+    hook, broken_hook = Receiver(), Receiver()
+    broken_hook.default = 500  # its deliveries give up: the webhook failure series move
     with running_receiver() as otlp:
         stack = make_stack(
             API_WORKERS="2",
@@ -125,6 +128,8 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
             SMALL_JOB_MAX_FILES="1",  # the two-file job goes to the large queue
             TRUSTED_PROXIES="127.0.0.1/32",
             RATE_LIMIT_MAX_REQUESTS="10",
+            WEBHOOK_MAX_ATTEMPTS="2",
+            **WEBHOOKS,
             **traced_env(otlp),
         )
         prometheus = prometheus_factory(stack.url.removeprefix("http://"), f"127.0.0.1:{worker_port}")
@@ -141,9 +146,11 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
         def scenario(client: httpx.Client, round_no: int) -> dict[str, dict]:
             jobs = {
                 "single": initiate(client, [70000]),
-                "bundle": initiate(client, [70000, 70007]),
-                "failed": initiate(client, [12_345]),
+                "bundle": initiate_json(client, {"file_ids": [70000, 70007], "callbackUrl": hook.url}),
+                "failed": initiate_json(client, {"file_ids": [12_345], "callbackUrl": broken_hook.url}),
             }
+            cancelled = initiate(client, [70014])
+            assert client.delete(f"/v1/download/{cancelled}").status_code == 200
             legacy = client.post("/v1/download/start", json={"file_id": 70000})
             assert legacy.status_code == 504, legacy.text
             flooder = {"X-Forwarded-For": f"203.0.113.{round_no}"}
@@ -169,13 +176,18 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
             prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="failed"})', lambda v: v == 1)
             prometheus.wait_until('sum(delineate_http_server_errors_total{status="504"})', lambda v: v == 1)
             done = scenario(client, 2)
-        # No cancellation yet: DELETE /v1/download/{job_id} is not in the API (see docs/observability.md).
 
         # Prometheus has the final state of both processes and has evaluated the rules.
         prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="completed"})', lambda v: v == 4)
         prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="failed"})', lambda v: v == 2)
         prometheus.wait_until('sum(delineate_http_server_errors_total{status="504"})', lambda v: v == 2)
         prometheus.wait_until("sum(delineate_rate_limit_rejections_total)", lambda v: v == sum(rejected))
+        prometheus.wait_until("sum(delineate_jobs_cancelled_total)", lambda v: v == 2)
+        prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="cancelled"})', lambda v: v == 2)
+        prometheus.wait_until(
+            'sum(delineate_webhook_deliveries_total{outcome="delivered"})', lambda v: v == 2
+        )
+        prometheus.wait_until('sum(delineate_webhook_deliveries_total{outcome="gave_up"})', lambda v: v == 2)
         prometheus.wait_until("count(delineate:slo_jobs:slow_ratio_rate5m)", lambda v: v == 1)
         assert prometheus.value('sum(delineate_jobs_accepted_total{queue="downloads-large"})') == 2
 
@@ -208,6 +220,8 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
         # a bucket keeps its latest exemplar per scrape: every one is a job's, and each series has one
         assert linked and linked <= trace_ids, (linked, trace_ids)
         assert len(linked) >= 3
+    hook.server.shutdown()
+    broken_hook.server.shutdown()
 
 
 if __name__ == "__main__":  # print the queries the proof runs

@@ -22,7 +22,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from service.settings import load_settings
 from service.webhooks import guard
 from tests.hooks import SECRET, WEBHOOKS, Receiver
-from tests.jobs import wait_for
+from tests.jobs import initiate_json, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {**WEBHOOKS, "WEBHOOK_MAX_ATTEMPTS": "3"}
@@ -185,12 +185,6 @@ def test_guard(url: str, env: dict[str, str], allowed: bool) -> None:
 
 def initiate_with_callback(client: Any, file_ids: list[int], url: str) -> str:
     return initiate_json(client, {"file_ids": file_ids, "callbackUrl": url})
-
-
-def initiate_json(client: Any, body: dict[str, Any]) -> str:
-    response = client.post("/v1/download/initiate", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["jobId"]
 
 
 def wait_until_webhook(client: Any, job_id: str, wanted: str, timeout_s: float = 20) -> dict[str, Any]:
