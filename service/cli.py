@@ -100,6 +100,17 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     )
 
 
+def _dev_webhook_secret(path: Path) -> str:
+    """Webhooks on for demos: a fresh secret, kept in a 0600 file for receivers, never logged."""
+    import base64
+    import secrets
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
+
+
 def run_dev(settings: Settings) -> int:
     """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
     from service import embedded
@@ -134,6 +145,14 @@ def run_dev(settings: Settings) -> int:
                 bucket=settings.s3_bucket_name,
                 seeded=f"{len(keys)} demo files {keys[0]} .. {keys[-1]}",
                 note="S3_ENDPOINT was unset",
+            )
+        if settings.webhook_secret is None:
+            secret = _dev_webhook_secret(home / "webhook-secret")
+            env.update(WEBHOOK_SECRET=secret, WEBHOOK_ALLOW_PRIVATE="true")
+            log.info(
+                "dev_webhooks_enabled",
+                signing_key_file=str(home / "webhook-secret"),
+                note="WEBHOOK_SECRET was unset: a fresh one for this run; private callback URLs allowed",
             )
         me = [sys.executable, "-m", "service"]
         children.append(subprocess.Popen([*me, "worker"], env=env))

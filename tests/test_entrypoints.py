@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from service import embedded
 from service.settings import SettingsError, load_settings
-from tests.jobs import initiate, wait_for
+from tests.hooks import Receiver
+from tests.jobs import initiate, initiate_json, wait_for
 from tests.procs import ROOT
 
 
@@ -60,9 +64,10 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("S3_", "REDIS_", "DOWNLOAD_", "MAKE", "MFLAGS"))
+        if not key.startswith(("S3_", "REDIS_", "DOWNLOAD_", "MAKE", "MFLAGS", "WEBHOOK_"))
     }
     env.update(PORT=str(port), DOWNLOAD_DELAY_MIN_MS="200", DOWNLOAD_DELAY_MAX_MS="400")
+    hook = Receiver()
     log = tmp_path / "make-run.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -77,15 +82,24 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
             job_id = initiate(client, [70000, 70063])
             assert wait_for(client, job_id)["status"] == "completed"
             assert client.post("/v1/download/check", json={"file_id": 70063}).json()["available"] is True
+            # webhooks work out of the box, signed with a secret kept in a file, not in the logs
+            hooked = initiate_json(client, {"file_ids": [70007], "callbackUrl": hook.url})
+            [(headers, body)] = hook.for_job(hooked)
         first_lines = log.read_text()
         assert "embedded_redis_started" in first_lines and "embedded_s3_started" in first_lines
         assert "downloads/70000.zip .. downloads/70063.zip" in first_lines
+        secret_file = re.search(r"signing_key_file=(\S+)", first_lines)
+        assert secret_file, "make run does not say where the webhook secret is"
+        secret = Path(secret_file.group(1)).read_text().strip()
+        assert Webhook(secret).verify(body, headers)["data"]["jobId"] == hooked
+        assert secret.removeprefix("whsec_") not in first_lines
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
     # Ctrl+C stops the whole group: API, worker, embedded Redis and SeaweedFS
     embedded.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
     assert embedded._is_free(port)
+    hook.server.shutdown()
 
 
 def _group_alive(pgid: int) -> bool:
