@@ -1,11 +1,11 @@
 """Locust users that behave like Delineate's real clients, judged against a proxy's timeout.
 
-Users (weights from --weights, e.g. `fast=4,poll=2,sse=2,webhook=0,legacy=0`):
+Users (weights from --weights, e.g. `fast=4,poll=2,sse=2,webhook=1,legacy=0`):
 - FastUser: a one-file job, followed by polling, then the 302 and the object from S3.
 - PollingUser: a --slow-files job followed by polling, sleeping exactly `Retry-After`.
 - SseUser: the same job followed on GET /v1/download/stream/{id}; reconnects with
   Last-Event-ID when the server ends a stream early, falls back to polling when it cannot.
-- WebhookUser (weight 0 by default): sends `callbackUrl` pointing at a receiver this file
+- WebhookUser: sends `callbackUrl` pointing at a receiver this file
   starts, and waits for the call; the service must accept the receiver's address (its SSRF
   guard refuses loopback unless allowed). Without a delivery it falls back to polling and
   records a `no webhook` failure, so a service without webhooks shows as red, not as a hang.
@@ -56,7 +56,7 @@ STREAM = "/v1/download/stream/[id]"
 FILE = "/v1/download/[id]/file"
 START = thresholds.LEGACY_ROUTE
 SSE_GAP = "SSE gap between reads"
-DEFAULT_WEIGHTS = "fast=4,poll=2,sse=2,webhook=0,legacy=0"
+DEFAULT_WEIGHTS = "fast=4,poll=2,sse=2,webhook=1,legacy=0"
 # Think time between two jobs of one user, in seconds: the "delay profile" of the clients.
 PACING = {"none": (0.0, 0.0), "short": (0.2, 1.0), "steady": (1.0, 3.0), "human": (5.0, 15.0)}
 

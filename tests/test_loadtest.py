@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from loadtest import proxylimit
+from tests.hooks import WEBHOOKS
 from tests.procs import ROOT
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -51,13 +52,13 @@ def threshold_rows(report: str) -> dict[str, tuple[str, str]]:
 
 
 def test_smoke_run_against_the_real_stack_passes_and_writes_every_report(make_stack, tmp_path):
-    stack = make_stack(POLL_INTERVAL_S="1", SSE_HEARTBEAT_S="0.5", WORKER_CONCURRENCY="64")
+    stack = make_stack(POLL_INTERVAL_S="1", SSE_HEARTBEAT_S="0.5", WORKER_CONCURRENCY="64", **WEBHOOKS)
     result = run_locust(
         stack.url,
         tmp_path,
         "-u", "12", "-r", "12", "-t", "6s", "--stop-timeout", "15",
         "--proxy-timeout-s", "2",
-        "--weights", "fast=3,poll=2,sse=2",
+        "--weights", "fast=3,poll=2,sse=2,webhook=2",
         "--slow-files", "3",
         "--delay-profile", "short",
     )  # fmt: skip
@@ -71,7 +72,14 @@ def test_smoke_run_against_the_real_stack_passes_and_writes_every_report(make_st
     finished, started = rows["every started job finished"][0].split(" ")[0].split("/")
     assert finished == started and int(started) >= 10, rows
     # every follower took part: polling, SSE (with reads judged) and the S3 fetch after a 302
-    for name in ("fast job (poll)", "slow job (poll)", "slow job (sse)", "SSE gap between reads"):
+    names = (
+        "fast job (poll)",
+        "slow job (poll)",
+        "slow job (sse)",
+        "SSE gap between reads",
+        "callback received",
+    )
+    for name in names:
         assert f"| {name} |" in report, name
     assert "Thresholds: PASS" in result.stdout
     assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
