@@ -108,3 +108,13 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_readme_documents_every_setting():
+    """The configuration table names every environment variable the service reads."""
+    from service.settings import Settings
+
+    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    missing = {name.upper() for name in Settings.model_fields} - documented
+    assert not missing, f"README's configuration table lacks {sorted(missing)}"
