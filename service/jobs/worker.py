@@ -10,12 +10,16 @@ already tracks several executions per worker) and runs each job's `perform_job` 
 - a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
   three beats, so a worker killed with SIGKILL has its jobs retried soon after;
 - job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's
-  command (stop-execution) sets the job's cancel event instead of killing a process.
+  command (stop-execution) sets the job's cancel event instead of killing a process;
+- every REAPER_INTERVAL_S the main loop also runs the reaper (service/jobs/reaper.py), which
+  recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start).
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rq.executions import Execution
@@ -24,7 +28,7 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker, WorkerStatus
 
-from service.jobs import cancellation
+from service.jobs import cancellation, context, reaper
 
 
 class DownloadWorker(BaseWorker):
@@ -38,6 +42,7 @@ class DownloadWorker(BaseWorker):
         self._running: dict[str, tuple[Job, Execution]] = {}
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
+        self._last_reap = -math.inf
 
     @property
     def running_count(self) -> int:
@@ -67,8 +72,32 @@ class DownloadWorker(BaseWorker):
 
     @property
     def dequeue_timeout(self) -> int:
-        """Wake up for maintenance (abandoned-job cleanup) even when no job arrives."""
-        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+        """Wake up for maintenance and the reaper even when no job arrives."""
+        interval = min(self.worker_ttl - 15, self.maintenance_interval, self._reap_interval_s)
+        return max(1, int(interval))
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return bool(super().should_run_maintenance_tasks) or self._reap_due
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged)."""
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()
+        if self._reap_due:
+            self._last_reap = time.monotonic()
+            try:
+                report = reaper.reap(self.connection, context.current().settings)
+            except Exception:
+                self.log.exception("reaper pass failed")
+            else:
+                if report.requeued or report.failed:
+                    self.log.info(
+                        "reaper: %d requeued, %d failed, %d checked",
+                        len(report.requeued),
+                        len(report.failed),
+                        report.checked,
+                    )
 
     def set_state(self, state: str, pipeline: object | None = None) -> None:
         """RQ marks a worker idle before each dequeue; it is busy while any download runs."""
@@ -91,6 +120,19 @@ class DownloadWorker(BaseWorker):
         super().teardown()
 
     # -- internals -------------------------------------------------------------------------
+
+    @property
+    def _reap_interval_s(self) -> float:
+        """REAPER_INTERVAL_S of the installed job context; no context (a bare worker): never."""
+        try:
+            return float(context.current().settings.reaper_interval_s)
+        except RuntimeError:
+            return math.inf
+
+    @property
+    def _reap_due(self) -> bool:
+        interval = self._reap_interval_s
+        return interval != math.inf and time.monotonic() - self._last_reap >= interval
 
     def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
         try:

@@ -107,6 +107,12 @@ JOB_RETRIES = Counter(
 JOBS_CANCELLED = Counter(
     "delineate_jobs_cancelled", "Jobs cancelled by their client (DELETE /v1/download/{job_id})."
 )
+JOBS_REAPED = Counter(
+    "delineate_jobs_reaped",
+    "Jobs the reaper (service/jobs/reaper.py) requeued or failed, by action and reason: "
+    "orphaned (in no queue or registry), rq_missing, rq_failed, timeout (stuck beyond it).",
+    ["action", "reason"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "delineate_webhook_deliveries",
     "Webhook delivery attempts by outcome: delivered (2xx), failed (other status or network "

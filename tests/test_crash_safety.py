@@ -1,0 +1,398 @@
+"""Crash safety with real processes: kill -9 workers, a Redis restart, an API killed mid-stream.
+
+Plus the reaper (service/jobs/reaper.py) on crafted orphans against a real Redis: a job in
+no queue and no registry is requeued after the grace period and not before.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.results import Result
+
+from service import embedded
+from service.jobs import enqueue, reaper, state
+from service.settings import Settings, load_settings
+from tests import sse
+from tests.conftest import base_env
+from tests.jobs import TERMINAL, initiate, wait_for
+from tests.procs import Proc, require_binary, running_stack, start_api
+
+FAST = {  # every recovery clock at its smallest: 1 s beats (3 s execution TTL), 1 s passes
+    "WORKER_HEARTBEAT_S": "1",
+    "WORKER_MAINTENANCE_S": "1",
+    "REAPER_INTERVAL_S": "1",
+    "JOB_RETRY_BASE_S": "0",
+    "JOB_MAX_RETRIES": "3",
+}
+
+
+# -- the reaper on crafted jobs ------------------------------------------------------------------
+
+
+@pytest.fixture
+def conn(redis_factory: Callable[..., embedded.Server]) -> Iterator[redis.Redis]:
+    server = redis_factory()
+    client = redis.Redis.from_url(server.url)
+    yield client
+    client.close()
+
+
+def _settings(conn: redis.Redis, **overrides: object) -> Settings:
+    url = "redis://{host}:{port}/0".format(**conn.connection_pool.connection_kwargs)
+    values: dict[str, object] = {
+        "redis_url": url,
+        "worker_heartbeat_s": 1,
+        "reaper_interval_s": 1,
+        "job_max_retries": 2,
+    }
+    return load_settings(**{**values, **overrides})
+
+
+def _create(conn: redis.Redis, settings: Settings) -> str:
+    """A job as the API creates it: state, index entries and RQ job on its queue, one MULTI."""
+    job = state.JobRecord(
+        id=str(uuid.uuid4()),
+        status=state.QUEUED,
+        file_ids=[70000],
+        created_at=state.now_iso(),
+        client="127.0.0.1",
+        queue=enqueue.SMALL_QUEUE,
+    )
+    assert enqueue.enqueue(conn, settings, job) is None
+    return job.id
+
+
+def _orphan(conn: redis.Redis, settings: Settings) -> str:
+    """A job a worker popped and then died with: in no queue and in no registry."""
+    job_id = _create(conn, settings)
+    queue_key = enqueue._queue(enqueue.SMALL_QUEUE, conn).key
+    assert conn.lrem(queue_key, 1, job_id) == 1
+    return job_id
+
+
+def _reap(conn: redis.Redis, settings: Settings) -> reaper.ReapReport:
+    conn.delete(reaper.LOCK_KEY)  # the lock paces workers; a test drives the passes itself
+    report = reaper.reap(conn, settings)
+    assert report.ran
+    return report
+
+
+def _status(conn: redis.Redis, job_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in conn.hgetall(state.job_key(job_id)).items()}
+
+
+def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
+    settings = _settings(conn)
+    healthy = _create(conn, settings)
+    orphan = _orphan(conn, settings)
+    grace = reaper.suspect_grace_s(settings)
+    queue_key = enqueue._queue(enqueue.SMALL_QUEUE, conn).key
+
+    first = _reap(conn, settings)
+    seen_at = time.time()
+    assert first.checked == 2 and first.suspects == [orphan]
+    assert first.requeued == [] and first.failed == []
+    assert conn.lpos(queue_key, orphan) is None
+    assert reaper.reap(conn, settings).ran is False, "a second pass within the interval is locked out"
+
+    while time.time() - seen_at < grace - 0.5:
+        early = _reap(conn, settings)
+        assert early.requeued == [] and early.suspects == [orphan], "acted within the grace period"
+        time.sleep(0.2)
+    assert conn.lpos(queue_key, orphan) is None
+
+    time.sleep(max(0.0, seen_at + grace + 0.05 - time.time()))
+    late = _reap(conn, settings)
+    assert late.requeued == [orphan] and late.suspects == []
+    assert conn.lpos(queue_key, orphan) == 0, "requeued at the front"
+    rq_job = Job.fetch(orphan, connection=conn)
+    assert rq_job.get_status() == JobStatus.QUEUED
+    assert rq_job.retries_left == settings.job_max_retries - 1, "one retry spent"
+    assert _status(conn, orphan)["status"] == state.QUEUED
+    assert _status(conn, healthy)["status"] == state.QUEUED
+    assert conn.hlen(reaper.SUSPECTS_KEY) == 0
+    assert conn.llen(queue_key) == 2, "neither job queued twice"
+    assert _reap(conn, settings).suspects == []
+
+
+def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
+    """Killed after the execution was registered, before perform_job marked it started."""
+    settings = _settings(conn)
+    job_id = _orphan(conn, settings)
+    rq_job = Job.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        Execution.create(rq_job, ttl=1, pipeline=pipe, worker_name="dead-worker")
+        pipe.execute()
+    registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
+    owned = _reap(conn, settings)
+    assert owned.suspects == [] and owned.requeued == [], "a live execution owns it"
+    time.sleep(1.1)
+    # expired and RQ still says queued: its execution died, no grace needed
+    abandoned = _reap(conn, settings)
+    assert abandoned.requeued == [job_id]
+    assert registry.get_job_ids(cleanup=False) == [], "the dead execution's entry went with it"
+    assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED
+
+
+def test_the_known_bug_after_rq_cleanup_dropped_the_entry(conn):
+    """The same orphan once RQ's maintenance ran first: in no queue and no registry."""
+    settings = _settings(conn)
+    job_id = _orphan(conn, settings)
+    rq_job = Job.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        Execution.create(rq_job, ttl=1, pipeline=pipe, worker_name="dead-worker")
+        pipe.execute()
+    registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
+    time.sleep(1.1)
+    registry.cleanup()  # RQ's own maintenance: skips the job (not `started`), drops its entry
+    assert registry.get_job_ids(cleanup=False) == []
+    assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED, "RQ left it"
+    assert _reap(conn, settings).suspects == [job_id]
+    time.sleep(reaper.suspect_grace_s(settings))
+    assert _reap(conn, settings).requeued == [job_id]
+    assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED
+
+
+def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(conn):
+    settings = _settings(conn, job_max_retries=0)
+    no_retries = _orphan(conn, settings)
+    missing = _create(conn, settings)
+    conn.delete(Job.key_for(missing))
+    rq_failed = _orphan(conn, settings)
+    failed_job = Job.fetch(rq_failed, connection=conn)
+    with conn.pipeline() as pipe:
+        failed_job.set_status(JobStatus.FAILED, pipeline=pipe)
+        failure = "Traceback ...\nValueError: boom\n"
+        failed_job.failed_job_registry.add(failed_job, exc_string=failure, pipeline=pipe)
+        Result.create_failure(failed_job, 60, exc_string=failure, pipeline=pipe)  # as RQ records one
+        pipe.execute()
+
+    first = _reap(conn, settings)
+    assert first.failed == [rq_failed], "RQ's final failure needs no grace"
+    assert sorted(first.suspects) == sorted([no_retries, missing])
+    assert _status(conn, rq_failed)["error"] == "failed in RQ: ValueError: boom"
+    time.sleep(reaper.suspect_grace_s(settings))
+    second = _reap(conn, settings)
+    assert sorted(second.failed) == sorted([no_retries, missing])
+    assert second.pruned == 1, "the job failed by the first pass left the index"
+    for job_id in (no_retries, missing, rq_failed):
+        body = _status(conn, job_id)
+        assert body["status"] == state.FAILED and body["finished_at"], body
+    assert "no retries are left" in _status(conn, no_retries)["error"]
+    assert "RQ job missing" in _status(conn, missing)["error"]
+    assert Job.fetch(no_retries, connection=conn).get_status() == JobStatus.FAILED
+    third = _reap(conn, settings)
+    assert third.pruned == 2 and third.checked == 2
+    assert conn.zcard(state.ACTIVE_KEY) == 0
+
+
+def test_a_job_running_far_beyond_its_timeout_is_failed(conn):
+    settings = _settings(conn, job_timeout_s=1)
+    stuck = _orphan(conn, settings)
+    running = _orphan(conn, settings)
+    for job_id, started in ((stuck, 30), (running, 0)):
+        rq_job = Job.fetch(job_id, connection=conn)
+        with conn.pipeline() as pipe:
+            Execution.create(rq_job, ttl=60, pipeline=pipe, worker_name="slow-worker")
+            rq_job.prepare_for_execution("slow-worker", pipeline=pipe)
+            pipe.execute()
+        rq_job.started_at = datetime.now(UTC) - timedelta(seconds=started)
+        rq_job.save()
+        conn.hset(state.job_key(job_id), "status", state.PROCESSING)
+    report = _reap(conn, settings)
+    assert report.failed == [stuck] and report.suspects == []
+    assert _status(conn, stuck)["error"].startswith("stuck beyond timeout")
+    assert _status(conn, running)["status"] == state.PROCESSING
+
+
+# -- kill -9 a worker mid-job, 20 times ------------------------------------------------------------
+
+
+def _phase(conn: redis.Redis, job_id: str) -> str:
+    """Where the job was when its worker died (read right after the kill)."""
+    ours = conn.hget(state.job_key(job_id), "status").decode()
+    if ours != state.QUEUED:
+        return ours
+    if conn.lpos(enqueue._queue(enqueue.SMALL_QUEUE, conn).key, job_id) is not None:
+        return "in queue"
+    rq_status = Job.fetch(job_id, connection=conn).get_status()
+    return "dequeued, not started" if rq_status == JobStatus.QUEUED else f"rq {rq_status}"
+
+
+def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(make_stack):
+    stack = make_stack(**FAST, DOWNLOAD_DELAY_MIN_MS="300", DOWNLOAD_DELAY_MAX_MS="600")
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    rng = random.Random(20)
+    outcomes: dict[str, str] = {}
+    phases: Counter[str] = Counter()
+    recovery: dict[str, list[float]] = defaultdict(list)
+    started = time.monotonic()
+    with stack.client() as client:
+        wait_for_worker(conn, 1)
+        for round_no in range(20):
+            job_id = initiate(client, [embedded.DEMO_FILE_IDS[round_no % 10]])
+            moment = round_no % 4
+            if moment == 1:  # just dequeued: poll until it leaves the queue
+                _until(lambda: conn.lpos(enqueue._queue(enqueue.SMALL_QUEUE, conn).key, job_id) is None)
+            elif moment == 2:
+                time.sleep(rng.uniform(0.0, 0.03))
+            elif moment == 3:
+                wait_for(client, job_id, {state.PROCESSING, *TERMINAL}, timeout_s=10)
+                time.sleep(rng.uniform(0.0, 0.2))
+            stack.workers[-1].kill()
+            killed_at = time.monotonic()
+            phase = _phase(conn, job_id)
+            phases[phase] += 1
+            stack.add_worker()
+            body = _wait_terminal(client, job_id, timeout_s=25)
+            outcomes[job_id] = body["status"] if body else "stuck"
+            recovery[phase].append(time.monotonic() - killed_at)
+            if outcomes[job_id] != "completed":
+                print(f"round {round_no} ({phase}): {job_id} {body}")
+    elapsed = time.monotonic() - started
+    slowest = {phase: f"{max(times):.1f} s" for phase, times in recovery.items()}
+    print(f"kill -9 x20: {elapsed:.1f} s; phases at the kill: {dict(phases)}; slowest: {slowest}")
+    lost = [j for j, s in outcomes.items() if s not in TERMINAL]
+    failed = [j for j, s in outcomes.items() if s != "completed" and s in TERMINAL]
+    assert lost == [] and failed == [], (lost, failed, _worker_logs(stack.workers))
+    assert len(outcomes) == 20
+    statuses = [conn.hget(state.job_key(j), "status").decode() for j in outcomes]
+    assert statuses == ["completed"] * 20
+    assert conn.llen(enqueue._queue(enqueue.SMALL_QUEUE, conn).key) == 0
+    assert StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn).get_job_ids() == []
+
+
+def wait_for_worker(conn: redis.Redis, count: int) -> None:
+    from rq.worker import Worker
+
+    _until(lambda: len(Worker.all(connection=conn)) >= count, timeout_s=20)
+
+
+def _until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def _wait_terminal(client: httpx.Client, job_id: str, timeout_s: float) -> dict[str, object] | None:
+    try:
+        return wait_for(client, job_id, TERMINAL, timeout_s=timeout_s)
+    except AssertionError:
+        return None
+
+
+def _worker_logs(workers: list[Proc]) -> str:
+    return "\n".join(w.output()[-3000:] for w in workers[-3:])
+
+
+# -- Redis restarted from its AOF while jobs wait ----------------------------------------------
+
+
+def _start_aof_redis(binary: str, directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """Redis as compose runs it: AOF on, fsync on every write, no eviction."""
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    args += ["--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
+    try:
+        embedded.wait_until(probe.ping, 10, "redis", process)
+    finally:
+        probe.close()
+    return process
+
+
+def _assert_503(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["error"] == "Service Unavailable" and body["requestId"], body
+    assert response.headers["retry-after"]
+
+
+def test_redis_restart_from_aof_answers_503_then_recovers_and_loses_no_job(
+    tmp_path, s3_server: embedded.Server
+):
+    binary = require_binary("redis-server")
+    port = embedded.free_port()
+    data = tmp_path / "redis-aof"
+    server = _start_aof_redis(binary, data, port)
+    env = base_env(f"redis://127.0.0.1:{port}/0", s3_server.url, **FAST)
+    try:
+        with running_stack(env, tmp_path / "logs", workers=0) as stack, stack.client() as client:
+            accepted = [initiate(client, [file_id]) for file_id in embedded.DEMO_FILE_IDS[:5]]
+            server.kill()
+            server.wait()
+            _assert_503(client.post("/v1/download/initiate", json={"file_ids": [70007]}))
+            _assert_503(client.get(f"/v1/download/status/{accepted[0]}"))
+            assert client.get("/health").status_code == 503
+
+            server = _start_aof_redis(binary, data, port)
+            deadline = time.monotonic() + 15
+            while (response := client.get(f"/v1/download/status/{accepted[0]}")).status_code != 200:
+                assert time.monotonic() < deadline, response.text
+                time.sleep(0.2)
+            accepted.append(initiate(client, [70014]))
+            for job_id in accepted:
+                assert client.get(f"/v1/download/status/{job_id}").json()["status"] == "queued"
+            stack.add_worker()
+            results = [wait_for(client, job_id, timeout_s=30)["status"] for job_id in accepted]
+            assert results == ["completed"] * len(accepted)
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(10)
+
+
+# -- an API process killed mid-stream: resume on another with Last-Event-ID -----------------------
+
+
+def test_an_api_killed_mid_stream_resume_on_another_gets_the_rest_and_the_end(make_stack):
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
+    api_b, url_b = start_api(stack.env, stack.logdir, name="api_b")
+    try:
+        with stack.client() as client_a, httpx.Client(base_url=url_b, timeout=30) as client_b:
+            job_id = initiate(client_a, [70000, 70007, 70014, 70021, 70028])
+            before: list[sse.Event] = []
+            stream = client_a.stream("GET", f"/v1/download/stream/{job_id}")
+            with pytest.raises(httpx.HTTPError), stream as response:
+                assert response.status_code == 200
+                for item in sse.read(response):
+                    if isinstance(item, sse.Event):
+                        before.append(item)
+                        if item.event == "progress":
+                            stack.api.kill()  # kill -9 API A with the stream open
+            assert before and before[-1].event == "progress"
+            response, items = sse.collect(client_b, job_id, last_event_id=before[-1].id)
+            assert response.status_code == 200
+            after = sse.events(items)
+    finally:
+        api_b.stop()
+    ids = [e.id for e in before + after]
+    assert len(ids) == len(set(ids)), f"duplicate event ids: {ids}"
+    assert ids == sorted(ids, key=_stream_id), ids
+    progress = [json.loads(e.data)["done"] for e in before + after if e.event == "progress"]
+    assert progress == [1, 2, 3, 4, 5]
+    assert after[-1].event == "completed"
+    assert json.loads(after[-1].data)["status"] == "completed"
+
+
+def _stream_id(entry_id: str | None) -> tuple[int, int]:
+    ms, _, seq = (entry_id or "0-0").partition("-")
+    return int(ms), int(seq)
