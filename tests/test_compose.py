@@ -8,6 +8,7 @@ service.settings), and the real tools judge what they can (`docker compose confi
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import re
@@ -528,7 +529,7 @@ def test_bucket_init_seeds_the_demo_files_the_dev_mode_seeds():
     for file_id in embedded.DEMO_FILE_IDS:
         with (
             zipfile.ZipFile(seed / f"{file_id}.zip") as ours,
-            zipfile.ZipFile(__import__("io").BytesIO(embedded.demo_zip(file_id))) as dev,
+            zipfile.ZipFile(io.BytesIO(embedded.demo_zip(file_id))) as dev,
         ):
             assert ours.testzip() is None
             assert {n: ours.read(n) for n in ours.namelist()} == {n: dev.read(n) for n in dev.namelist()}
@@ -628,3 +629,35 @@ def test_healthcheck_script_exit_code_follows_the_answer(http_server):
     assert probe("worker", WORKER_METRICS_PORT=str(http_server)) == 1  # /metrics answers 503 here
     assert probe("worker") == 1  # WORKER_METRICS_PORT unset: nothing to probe is unhealthy
     assert probe("api", PORT=str(embedded.free_port())) == 1  # nothing listening
+
+
+def test_bucket_init_script_uploads_every_seed_file_and_fails_loudly(tmp_path):
+    """MinIO and mc cannot run here: a recording `mc` on PATH checks what the script asks of it."""
+    init = services()["bucket-init"]
+    script = host_path(init, init["entrypoint"][-1])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text('#!/bin/sh\necho "$@" >> "$MC_LOG"\n[ "$1" != "$MC_FAIL" ]\n')
+    (bin_dir / "mc").chmod(0o755)
+    env = {
+        **effective_env(init),
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SEED_DIR": str(host_path(init, "/seed")),
+        "MC_LOG": str(tmp_path / "calls"),
+    }
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "calls").write_text("")
+        return subprocess.run(["sh", str(script)], env={**env, **extra}, capture_output=True, text=True)
+
+    result = run()
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    bucket = env["S3_BUCKET_NAME"]
+    keys = (env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"])
+    assert calls[0] == f"alias set delineate {env['S3_ENDPOINT']} {keys[0]} {keys[1]}"
+    assert calls[1] == f"mb --ignore-existing delineate/{bucket}"
+    uploaded = sorted(line.split()[-1] for line in calls if line.startswith("cp "))
+    assert uploaded == sorted(f"delineate/{bucket}/downloads/{i}.zip" for i in embedded.DEMO_FILE_IDS)
+    assert run(MC_FAIL="cp").returncode != 0, "a failed upload must fail the one-shot"
+    assert run(SEED_DIR=str(tmp_path)).returncode != 0, "no demo files must fail the one-shot"

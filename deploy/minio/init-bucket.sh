@@ -12,8 +12,9 @@ mc alias set delineate "$S3_ENDPOINT" "$S3_ACCESS_KEY_ID" "$S3_SECRET_ACCESS_KEY
 mc mb --ignore-existing "delineate/$S3_BUCKET_NAME"
 count=0
 for file in "$SEED_DIR"/downloads/*.zip; do
+    [ -f "$file" ] || continue  # no match leaves the pattern itself
     mc cp --quiet "$file" \
-        "delineate/$S3_BUCKET_NAME/downloads/$(basename "$file")" >/dev/null
+        "delineate/$S3_BUCKET_NAME/downloads/${file##*/}" >/dev/null
     count=$((count + 1))
 done
 [ "$count" -gt 0 ] || { echo "no demo files in $SEED_DIR/downloads" >&2; exit 1; }
