@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Delineate's one image: `delineate api` (default) and `delineate worker`, plus a `loadtest`
 # target for the compose `locust` service. Build: docker build -t delineate:0.1.0 .
 #
