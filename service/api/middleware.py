@@ -31,7 +31,15 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "X-Permitted-Cross-Domain-Policies": "none",
 }
+RawHeaders = list[tuple[bytes, bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _replaced(headers: Iterable[tuple[bytes, bytes]], new: RawHeaders) -> RawHeaders:
+    """ASGI response headers with `new` set: same-named ones dropped, `new` appended (what
+    MutableHeaders' item assignment does, in one pass over the list instead of one per name)."""
+    names = {name for name, _ in new}
+    return [item for item in headers if item[0] not in names] + new
 
 
 def _trusted(host: str, networks: Iterable[Network]) -> bool:
@@ -138,17 +146,17 @@ class RateLimitMiddleware:
         if decision is None:  # Redis unreachable: fail open, the route reports its own 503
             await self.app(scope, receive, send)
             return
-        headers = decision.headers()
         if not decision.allowed:
             metrics.RATE_LIMITED.inc()
             body = error_body(429, "Too many requests; see Retry-After", scope["state"].get("request_id"))
-            headers["Retry-After"] = str(decision.reset_s)
+            headers = {**decision.headers(), "Retry-After": str(decision.reset_s)}
             await JSONResponse(body, 429, headers=headers)(scope, receive, send)
             return
+        raw = decision.raw_headers()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(headers)
+                message["headers"] = _replaced(message.get("headers", ()), raw)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
