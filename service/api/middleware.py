@@ -6,9 +6,9 @@ Order, outermost first (see app.py): ClientAddress -> RequestContext -> CORS -> 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 
 import structlog
@@ -32,6 +32,7 @@ SECURITY_HEADERS = {
     "X-Permitted-Cross-Domain-Policies": "none",
 }
 RawHeaders = list[tuple[bytes, bytes]]
+RAW_SECURITY_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -40,6 +41,12 @@ def _replaced(headers: Iterable[tuple[bytes, bytes]], new: RawHeaders) -> RawHea
     MutableHeaders' item assignment does, in one pass over the list instead of one per name)."""
     names = {name for name, _ in new}
     return [item for item in headers if item[0] not in names] + new
+
+
+def _random_uuid() -> str:
+    """A random (version 4) UUID as text, like str(uuid.uuid4()) at a third of its cost."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _trusted(host: str, networks: Iterable[Network]) -> bool:
@@ -62,6 +69,9 @@ class ClientAddressMiddleware:
         self.trusted = tuple(trusted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.trusted:  # no proxy configured (the default): nothing to parse per request
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         if scope["type"] in ("http", "websocket") and client and _trusted(client[0], self.trusted):
             headers = Headers(scope=scope)
@@ -84,7 +94,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get("x-request-id", "")
-        request_id = offered if REQUEST_ID.match(offered) else str(uuid.uuid4())
+        request_id = offered if REQUEST_ID.match(offered) else _random_uuid()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -96,10 +106,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
+                headers = _replaced(message.get("headers", ()), [(b"x-request-id", request_id.encode())])
+                present = {name for name, _ in headers}
+                headers += [item for item in RAW_SECURITY_HEADERS if item[0] not in present]
+                message["headers"] = headers
             await send(message)
 
         try:

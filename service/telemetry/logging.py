@@ -7,6 +7,7 @@ while handling a request or a job carries it without being passed around.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -15,12 +16,13 @@ from service.telemetry.tracing import add_trace_ids
 
 REDACTED = "[redacted]"
 SENSITIVE = ("secret", "password", "token", "signature", "authorization", "x-amz-")
+_SENSITIVE_KEY = re.compile("|".join(re.escape(word) for word in SENSITIVE))
 
 
 def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
     """Drop secret-looking fields and presigned query strings, whatever logged them."""
     for key, value in list(event.items()):
-        if any(word in key.lower() for word in SENSITIVE):
+        if _SENSITIVE_KEY.search(key.lower()):
             event[key] = REDACTED
         elif isinstance(value, str) and "X-Amz-Signature=" in value:
             event[key] = value.split("?", 1)[0] + "?" + REDACTED
