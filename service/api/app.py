@@ -8,6 +8,7 @@ jobs/enqueue.py) or S3 (storage/s3.py).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources as package_files
@@ -79,6 +80,24 @@ def routes() -> list[Route | Mount]:
     ]
 
 
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path (measured: 25% of a status request).
+
+    Requests in flight together (a rate-limit batch resumes dozens at once) push the young
+    generation past Python's default threshold of 700 live allocations many times a second,
+    and each full collection walks the ~120,000 objects the imports left. Objects alive at
+    start-up are frozen (never scanned again) and the young generation may grow to 10,000;
+    garbage without cycles is still freed at once by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0_THRESHOLD, gen0), gen1, gen2)
+
+
 def create_app(settings: Settings) -> Starlette:
     tracing.setup(
         settings.otel_exporter_otlp_endpoint,
@@ -91,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        tune_gc()
         yield
         await hub.stop()
         await resources.close()
