@@ -37,6 +37,7 @@ from service.api.routes import downloads, stream, system, ui
 from service.jobs.enqueue import QUEUES
 from service.settings import Settings, load_settings
 from service.telemetry import metrics, tracing
+from service.telemetry.logging import configure
 
 STATIC = package_files.files("service.api") / "static"
 
@@ -58,7 +59,11 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def routes() -> list[Route | Mount]:
+    """Every route. Starlette tries them in order and stops at the first full match, so the
+    two hot ones come first (still ahead of the `{job_id}` patterns that also match them)."""
     return [
+        Route("/v1/download/status/{job_id}", downloads.status, methods=["GET"]),
+        Route("/v1/download/initiate", downloads.initiate, methods=["POST"]),
         Route("/", system.root, methods=["GET"]),
         Route("/health", system.health, methods=["GET"]),
         Route("/health/live", system.live, methods=["GET"]),
@@ -70,8 +75,6 @@ def routes() -> list[Route | Mount]:
         Route("/ui/config.json", ui.config, methods=["GET"]),
         Route("/v1/download/check", downloads.check, methods=["POST"]),
         Route("/v1/download/start", downloads.start, methods=["POST"]),
-        Route("/v1/download/initiate", downloads.initiate, methods=["POST"]),
-        Route("/v1/download/status/{job_id}", downloads.status, methods=["GET"]),
         Route("/v1/download/{job_id}/file", downloads.file, methods=["GET"]),
         Route("/v1/download/stream/{job_id}", stream.stream, methods=["GET"]),
         Route("/v1/download/{job_id}", downloads.cancel, methods=["DELETE"]),
@@ -157,5 +160,11 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def app_from_env() -> Starlette:
-    """uvicorn's factory (`delineate api`): settings from the environment, validated."""
-    return create_app(load_settings())
+    """uvicorn's factory (`delineate api`): settings from the environment, validated.
+
+    Logging is configured here too, not only by the CLI: with API_WORKERS > 1 each worker is a
+    fresh process that imports this factory and nothing else.
+    """
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    return create_app(settings)
