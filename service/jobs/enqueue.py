@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -83,7 +85,7 @@ def enqueue(
     under WATCH and written in the same MULTI as the job, so two racing repeats make one job.
     Returns None when `job` was queued.
     """
-    if settings.queue_max_depth and depth(conn) >= settings.queue_max_depth:
+    if settings.queue_max_depth and _DEPTH.over(conn, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
     while True:
@@ -137,6 +139,7 @@ def _enqueue_once(
         )
         pipe.execute()
     metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    _DEPTH.added(conn)
     return None
 
 
@@ -159,6 +162,41 @@ def prune_active(conn: redis.Redis, key: str) -> int:
     if done:
         conn.zrem(key, *done)
     return len(members) - len(done)
+
+
+class _RecentDepth:
+    """QUEUE_MAX_DEPTH without a Redis read per request (it was one round trip of three).
+
+    A depth read less than DEPTH_MAX_AGE_S ago, plus the jobs this process queued since, is
+    trusted while it is under 90% of the limit; closer to the limit every request reads the
+    depth again, so the refusal itself stays exact. Other API processes' jobs can go unseen
+    for at most DEPTH_MAX_AGE_S while the queue is far from full.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # enqueue() runs in the API's thread pool
+        self._conn: redis.Redis | None = None
+        self._read_at = 0.0
+        self._depth = 0
+
+    def over(self, conn: redis.Redis, limit: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._conn is conn and now - self._read_at < DEPTH_MAX_AGE_S and self._depth < 0.9 * limit:
+                return False
+        value = depth(conn)
+        with self._lock:
+            self._conn, self._read_at, self._depth = conn, now, value
+        return value >= limit
+
+    def added(self, conn: redis.Redis) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._depth += 1
+
+
+DEPTH_MAX_AGE_S = 0.1
+_DEPTH = _RecentDepth()
 
 
 def depth(conn: redis.Redis) -> int:
