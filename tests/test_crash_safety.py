@@ -493,3 +493,30 @@ def test_an_api_killed_mid_stream_resume_on_another_gets_the_rest_and_the_end(ma
 def _stream_id(entry_id: str | None) -> tuple[int, int]:
     ms, _, seq = (entry_id or "0-0").partition("-")
     return int(ms), int(seq)
+
+
+def test_a_busy_worker_rides_out_a_redis_restart_and_its_job_completes(tmp_path, s3_server: embedded.Server):
+    """No process is restarted: a worker mid-download outlives a 3 s outage and the job ends."""
+    binary = require_binary("redis-server")
+    port = embedded.free_port()
+    data = tmp_path / "redis-aof"
+    server = _start_aof_redis(binary, data, port)
+    env = base_env(f"redis://127.0.0.1:{port}/0", s3_server.url, **FAST)
+    env.update(DOWNLOAD_DELAY_MIN_MS="2000", DOWNLOAD_DELAY_MAX_MS="2000", WORKER_CONCURRENCY="1")
+    try:
+        with running_stack(env, tmp_path / "logs") as stack, stack.client() as client:
+            worker = stack.workers[0]
+            job_id = initiate(client, [70000, 70007, 70014, 70021])
+            wait_for(client, job_id, {state.PROCESSING}, timeout_s=10)
+            server.kill()
+            server.wait()
+            time.sleep(3)
+            server = _start_aof_redis(binary, data, port)
+            assert wait_for(client, job_id, timeout_s=30)["status"] == "completed"
+            assert worker.process.poll() is None, worker.output()[-3000:]
+            assert wait_for(client, initiate(client, [70028]))["status"] == "completed"
+            assert len(stack.workers) == 1 and worker.process.poll() is None
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(10)

@@ -17,11 +17,14 @@ already tracks several executions per worker) and runs each job's `perform_job` 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -83,21 +86,30 @@ class DownloadWorker(BaseWorker):
     def run_maintenance_tasks(self) -> None:
         """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged)."""
         if super().should_run_maintenance_tasks:
-            super().run_maintenance_tasks()
+            with self._riding_out("maintenance"):
+                super().run_maintenance_tasks()
         if self._reap_due:
             self._last_reap = time.monotonic()
             try:
-                report = reaper.reap(self.connection, context.current().settings)
+                with self._riding_out("reaper pass"):
+                    report = reaper.reap(self.connection, context.current().settings)
+                    if report.requeued or report.failed:
+                        self.log.info(
+                            "reaper: %d requeued, %d failed, %d checked",
+                            len(report.requeued),
+                            len(report.failed),
+                            report.checked,
+                        )
             except Exception:
                 self.log.exception("reaper pass failed")
-            else:
-                if report.requeued or report.failed:
-                    self.log.info(
-                        "reaper: %d requeued, %d failed, %d checked",
-                        len(report.requeued),
-                        len(report.failed),
-                        report.checked,
-                    )
+
+    def heartbeat(self, timeout: int | None = None, pipeline: object | None = None) -> None:
+        with self._riding_out("heartbeat"):
+            super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[arg-type]
+
+    def check_for_suspension(self, burst: bool) -> None:
+        with self._riding_out("suspension check"):
+            super().check_for_suspension(burst)
 
     def set_state(self, state: str, pipeline: object | None = None) -> None:
         """RQ marks a worker idle before each dequeue; it is busy while any download runs."""
@@ -120,6 +132,16 @@ class DownloadWorker(BaseWorker):
         super().teardown()
 
     # -- internals -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _riding_out(self, what: str) -> Iterator[None]:
+        """A Redis outage must not end the worker: RQ's loop quits on any error outside its
+        dequeue (for instance maintenance while every slot is busy). Skip this step; the next
+        dequeue waits for Redis with RQ's backoff, and the running downloads carry on."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self.log.warning("%s skipped, Redis unavailable: %s", what, exc)
 
     @property
     def _reap_interval_s(self) -> float:
