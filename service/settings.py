@@ -115,6 +115,12 @@ class Settings(BaseSettings):
             ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
         return value
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`WEBHOOK_SECRET=` (compose's `${WEBHOOK_SECRET:-}`) means webhooks off, not an error."""
+        return None if value == "" else value
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:

@@ -112,6 +112,9 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         assert start["status"] == 504 and start["upstream_status"] == "504"
         assert float(start["upstream_header_time"]) >= PROFILE.app.request_timeout_ms / 1000
         assert all(line["request_id"] for line in lines)
+        with proxy.client() as client:  # Prometheus scrapes the API directly, not through nginx
+            hidden = client.get("/metrics")
+        assert hidden.status_code == 404 and "delineate_http_requests" not in hidden.text
 
 
 @pytest.mark.parametrize("kind", KINDS)
