@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -100,6 +101,11 @@ def _status(conn: redis.Redis, job_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in conn.hgetall(state.job_key(job_id)).items()}
 
 
+def _reaped_count(action: str, reason: str) -> float:
+    labels = {"action": action, "reason": reason}
+    return REGISTRY.get_sample_value("delineate_jobs_reaped_total", labels) or 0.0
+
+
 def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
     settings = _settings(conn)
     healthy = _create(conn, settings)
@@ -121,8 +127,10 @@ def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
     assert conn.lpos(queue_key, orphan) is None
 
     time.sleep(max(0.0, seen_at + grace + 0.05 - time.time()))
+    counted = _reaped_count("requeued", "orphaned")
     late = _reap(conn, settings)
     assert late.requeued == [orphan] and late.suspects == []
+    assert _reaped_count("requeued", "orphaned") == counted + 1
     assert conn.lpos(queue_key, orphan) == 0, "requeued at the front"
     rq_job = Job.fetch(orphan, connection=conn)
     assert rq_job.get_status() == JobStatus.QUEUED
