@@ -137,10 +137,35 @@ def _enqueue_once(
             on_failure=Callback(tasks.on_failure),
             pipeline=pipe,
         )
+        _as_one_script(pipe)
         pipe.execute()
     metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     _DEPTH.added(conn)
     return None
+
+
+# Runs the commands packed in ARGV as (count, command, args...)*, in order.
+RUN_ALL = """
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 0
+"""
+
+
+def _as_one_script(pipe: redis.client.Pipeline) -> None:
+    """Replace the ~15 queued writes (ours and RQ's own) by one EVAL that runs exactly them.
+
+    Still inside MULTI/EXEC, under the same WATCH; Redis writes what it wrote before, but the
+    client packs and parses three commands instead of ~17 (a third of an initiate's CPU).
+    """
+    packed: list[Any] = []
+    for args, _options in pipe.command_stack:
+        packed += (len(args), *args)
+    pipe.command_stack = [(("EVAL", RUN_ALL, 0, *packed), {})]
 
 
 def prune_active(conn: redis.Redis, key: str) -> int:
