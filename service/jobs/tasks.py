@@ -17,7 +17,7 @@ import structlog
 from rq import get_current_job
 from rq.job import Job
 
-from service.jobs import cancellation, context, state
+from service.jobs import cancellation, context, exclusive, state
 from service.settings import Settings
 from service.storage.s3 import bundle_key, source_key
 from service.telemetry import metrics, tracing
@@ -109,6 +109,11 @@ def process_download(job_id: str) -> dict[str, Any] | None:
     if job is None or job.finished:
         return None
     rq_job = get_current_job()
+    # the per-job lock: a newer execution waits out an older one whose worker may be dead
+    lease_s = 3 * ctx.settings.worker_heartbeat_s + 2
+    if rq_job and not exclusive.wait_for_turn(ctx.redis, rq_job, lease_s, cancellation.event_for(job_id)):
+        log.warning("duplicate_execution_stood_down", job_id=job_id)
+        return None
     attempt = 1 + ctx.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
     with (
         structlog.contextvars.bound_contextvars(job_id=job_id),

@@ -1,0 +1,55 @@
+"""The per-job lock: two executions of one job never both run it (service/jobs/exclusive.py).
+
+A "ghost" execution, as a worker that RQ or the reaper believed dead would leave, is planted
+before a real worker picks the job up. While the ghost keeps heartbeating, the real worker
+stands down; once the ghost's record expires (its worker really died), the job runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from rq.executions import Execution
+from rq.job import Job
+
+from tests.jobs import initiate, wait_for
+
+
+def plant_ghost(conn: redis.Redis, job_id: str, ttl_s: int) -> Execution:
+    job = Job.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        ghost = Execution.create(job, ttl_s, pipeline=pipe, worker_name="ghost-worker")
+        pipe.execute()
+    return ghost
+
+
+def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_stack):
+    stack = make_stack(workers=0, WORKER_HEARTBEAT_S="1")  # lease: 3 beats + 2 s = 5 s
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        held, orphaned = initiate(client, [70000]), initiate(client, [70007])
+        alive = plant_ghost(conn, held, ttl_s=3)
+        plant_ghost(conn, orphaned, ttl_s=2)  # never renewed: gone in 2 s, as after kill -9
+        beating = threading.Event()
+
+        def heartbeat() -> None:
+            while not beating.wait(0.5):
+                conn.expire(alive.key, 3)
+
+        threading.Thread(target=heartbeat, daemon=True).start()
+        try:
+            worker = stack.add_worker()
+            assert wait_for(client, orphaned)["status"] == "completed"
+            deadline = time.monotonic() + 20
+            while "duplicate_execution_stood_down" not in worker.output() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "duplicate_execution_stood_down" in worker.output()
+            body = client.get(f"/v1/download/status/{held}").json()
+            assert body["status"] == "queued" and body["progress"]["done"] == 0, body
+            assert body["startedAt"] is None, "the standing-down execution touched the job"
+        finally:
+            beating.set()
+    stood_down = [line for line in worker.output().splitlines() if "duplicate_execution_stood_down" in line]
+    assert len(stood_down) == 1 and held in stood_down[0], stood_down
