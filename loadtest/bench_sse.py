@@ -1,0 +1,358 @@
+"""SSE fan-out benchmark (issue #3): N concurrent subscribers on one API process.
+
+Targets: RSS per connection <= 40 KiB; delay from a job's completion to its terminal event
+reaching subscribers p99 <= 250 ms.
+
+A private Redis + SeaweedFS S3, one API process started the production way (`python -m
+service api`: uvicorn, 1 worker, uvloop + httptools, the tests' time-compressed delays of
+100-300 ms) and, once every subscriber is connected, one worker. Jobs are queued first; the
+client opens N streams spread over --jobs jobs (all on one job with --jobs 1), waits for each
+stream's snapshot, and reads the API's VmRSS before and after (delta / N). Then the worker runs
+the jobs and every subscriber records when the terminal event's bytes arrived (wall clock in
+`data_received`, before parsing). Delay = arrival - the job's `finishedAt` (ms precision, taken
+by the worker just before its terminal MULTI), also shown against the terminal event's Redis
+Stream id (the Redis clock at the XADD). One machine, so one clock.
+
+The client is this process: one asyncio Protocol per connection (no task per connection),
+httptools to de-chunk, uvloop. On a shared 2-core box the client's own CPU time is part of the
+figures (it is conservative: a receive timestamp can only be late).
+
+    .venv/bin/python loadtest/bench_sse.py [--subscribers 5000] [--jobs 50] [--batch 500]
+
+Measured on the project's shared 2-core machine: see the report printed at the end (figures in
+README "SSE fan-out").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httptools
+import httpx
+import redis
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: tests/ helpers
+    sys.path.insert(0, str(ROOT))
+
+from service import embedded  # noqa: E402
+from service.jobs import state  # noqa: E402
+from tests.conftest import base_env  # noqa: E402
+from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
+
+TARGET_P99_MS = 250.0
+TARGET_KIB_PER_CONNECTION = 40.0
+TERMINAL = {e.encode() for e in state.TERMINAL}
+
+
+@dataclass(eq=False)
+class Subscriber(asyncio.Protocol):
+    """One SSE stream: parses just enough to time the snapshot and the terminal event."""
+
+    request: bytes
+    snapshot: asyncio.Future[None]
+    finished: asyncio.Future[None]
+    status: int = 0
+    terminal: dict[str, object] | None = None
+    transport: asyncio.Transport | None = None
+    _buffer: bytes = b""
+    _arrived: float = 0.0
+    _parser: httptools.HttpResponseParser = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self._arrived = time.time()  # first thing: the bytes are here
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("closed before the terminal event"))
+
+    def _fail(self, exc: BaseException) -> None:
+        for future in (self.snapshot, self.finished):
+            if not future.done():
+                future.set_exception(exc)
+
+    # httptools callbacks
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self.status != 200:
+            self._fail(ConnectionError(f"HTTP {self.status}"))
+
+    def on_body(self, body: bytes) -> None:
+        self._buffer = (self._buffer + body).replace(b"\r\n", b"\n")
+        while b"\n\n" in self._buffer:
+            block, _, self._buffer = self._buffer.partition(b"\n\n")
+            self._event(block)
+
+    def on_message_complete(self) -> None:
+        self._fail(ConnectionError("stream ended without a terminal event"))
+        if self.transport:
+            self.transport.close()
+
+    def _event(self, block: bytes) -> None:
+        fields: dict[bytes, bytes] = {}
+        for line in block.split(b"\n"):
+            if line and not line.startswith(b":"):
+                name, _, value = line.partition(b":")
+                fields[name] = value.removeprefix(b" ")
+        name = fields.get(b"event")
+        if name == b"snapshot" and not self.snapshot.done():
+            self.snapshot.set_result(None)
+        elif name in TERMINAL and not self.finished.done():
+            data = json.loads(fields[b"data"])
+            self.terminal = {"at": self._arrived, "id": fields[b"id"].decode(), **data}
+            self.finished.set_result(None)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile(wanted: int) -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; children (the API) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        print(f"warning: RLIMIT_NOFILE hard limit {hard} < {wanted} wanted", file=sys.stderr)
+    return new
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def iso_seconds(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def connect_all(
+    port: int, job_ids: list[str], per_job: int, batch: int
+) -> tuple[list[Subscriber], list[BaseException]]:
+    """Open the streams, at most `batch` not yet streaming at once (uvicorn's backlog is 2048)."""
+    loop = asyncio.get_running_loop()
+    subscribers: list[Subscriber] = []
+    errors: list[BaseException] = []
+    gate = asyncio.Semaphore(batch)
+
+    async def one(job_id: str) -> None:
+        async with gate:
+            request = (
+                f"GET /v1/download/stream/{job_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Accept: text/event-stream\r\n\r\n"
+            ).encode()
+            sub = Subscriber(request, loop.create_future(), loop.create_future())
+            sub.finished.add_done_callback(lambda f: f.exception())  # retrieved later; no warning
+            try:
+                await loop.create_connection(lambda: sub, "127.0.0.1", port)
+                await asyncio.wait_for(sub.snapshot, 60)
+                subscribers.append(sub)
+            except Exception as exc:
+                errors.append(exc)
+
+    await asyncio.gather(*(one(job_id) for _ in range(per_job) for job_id in job_ids))
+    return subscribers, errors
+
+
+def redis_view(url: str) -> tuple[int, int, int]:
+    """(PUBSUB NUMSUB of the events channel, clients subscribed to anything, all clients)."""
+    conn = redis.Redis.from_url(url)
+    try:
+        numsub = dict(conn.pubsub_numsub(state.EVENTS_CHANNEL))
+        clients = conn.client_list()
+        subscribed = sum(1 for c in clients if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0)
+        return int(numsub.get(state.EVENTS_CHANNEL.encode(), 0)), subscribed, len(clients)
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--jobs", type=int, default=50, help="subscribers are spread evenly (1: all on one)")
+    parser.add_argument(
+        "--batch", type=int, default=50, help="streams being opened at once (API Redis pool: 100)"
+    )
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before the loaded RSS read")
+    parser.add_argument("--timeout", type=float, default=120.0, help="for every terminal event")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = parser.parse_args()
+    per_job = max(1, args.subscribers // args.jobs)
+    total = per_job * args.jobs
+    nofile = raise_nofile(total + 1024)
+
+    home = Path(tempfile.mkdtemp(prefix="delineate-bench-sse-"))
+    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
+    s3 = embedded.start_seaweed(home / "s3")
+    embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
+    env = base_env(redis_server.url, s3.url, RATE_LIMIT_MAX_REQUESTS="100000000", LOG_FORMAT="json")
+    procs: list[Proc] = []
+    try:
+        api, url = start_api(env, home / "logs")
+        procs.append(api)
+        port = int(url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=url, timeout=30) as http:
+            job_ids = [
+                http.post("/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
+                for _ in range(args.jobs)
+            ]
+            for job_id in job_ids[:3]:  # warm the route (imports, caches) before the baseline
+                with http.stream("GET", f"/v1/download/stream/{job_id}") as response:
+                    next(response.iter_lines())
+        time.sleep(1)
+        rss_before = rss_kib(api.process.pid)
+        cpu_before = cpu_s(api.process.pid)
+        print(
+            f"SSE fan-out: {total} subscribers over {args.jobs} job(s) ({per_job} each), one API process "
+            f"(pid {api.process.pid}), RLIMIT_NOFILE {nofile}, "
+            f"load {Path('/proc/loadavg').read_text().split()[0]}"
+        )
+
+        base = (rss_before, cpu_before)
+        uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, redis_server.url, base, total))
+    finally:
+        for proc in procs:
+            proc.stop()
+        s3.stop()
+        redis_server.stop()
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+async def run(
+    args: argparse.Namespace,
+    port: int,
+    job_ids: list[str],
+    per_job: int,
+    api: Proc,
+    env: dict[str, str],
+    home: Path,
+    procs: list[Proc],
+    redis_url: str,
+    baseline: tuple[int, float],
+    total: int,
+) -> None:
+    rss_before, cpu_before = baseline
+    started = time.monotonic()
+    subscribers, errors = await connect_all(port, job_ids, per_job, args.batch)
+    connect_s = time.monotonic() - started
+    cpu_connect = cpu_s(api.process.pid) - cpu_before
+    await asyncio.sleep(args.settle)
+    rss_loaded = rss_kib(api.process.pid)
+    numsub, subscribed, clients = redis_view(redis_url)
+    per_conn = (rss_loaded - rss_before) / max(1, len(subscribers))
+    print(
+        f"connected {len(subscribers)}/{total} in {connect_s:.1f} s ({len(errors)} errors"
+        f"{': ' + repr(errors[0]) if errors else ''}); API CPU {cpu_connect:.1f} s"
+    )
+    print(
+        f"API RSS {rss_before / 1024:.1f} MiB idle -> {rss_loaded / 1024:.1f} MiB with "
+        f"{len(subscribers)} streams: {per_conn:.1f} KiB per connection"
+    )
+    print(
+        f"Redis: PUBSUB NUMSUB {state.EVENTS_CHANNEL} = {numsub}, clients subscribed = {subscribed}, "
+        f"all clients = {clients}  ({'PASS' if numsub == 1 else 'FAIL'}: one subscription per process)"
+    )
+
+    cpu_mark = cpu_s(api.process.pid)
+    procs.append(spawn("worker", [sys.executable, "-m", "service", "worker"], env, home / "logs"))
+    done, pending = await asyncio.wait([sub.finished for sub in subscribers], timeout=args.timeout)
+    cpu_fanout = cpu_s(api.process.pid) - cpu_mark
+    rss_after = rss_kib(api.process.pid)
+    got = [sub.terminal for sub in subscribers if sub.terminal is not None]
+    failed = [f.exception() for f in done if f.exception() is not None]
+    delays = [(float(t["at"]) - iso_seconds(str(t["finishedAt"]))) * 1000 for t in got]
+    commit = [(float(t["at"]) - int(str(t["id"]).split("-")[0]) / 1000) * 1000 for t in got]
+    statuses = sorted({str(t["status"]) for t in got})
+    print(
+        f"terminal events: {len(got)}/{len(subscribers)} ({'/'.join(statuses)}), {len(failed)} streams "
+        f"failed, {len(pending)} still waiting after {args.timeout:.0f} s; API CPU {cpu_fanout:.1f} s; "
+        f"RSS after {rss_after / 1024:.1f} MiB"
+    )
+    if not delays:
+        print("no terminal events: FAIL")
+        return
+    by_job: dict[str, list[float]] = {}
+    for t in got:
+        by_job.setdefault(str(t["jobId"]), []).append(float(t["at"]))
+    spread = [1000 * (max(v) - min(v)) for v in by_job.values()]
+
+    def line(name: str, values: list[float]) -> str:
+        return (
+            f"{name}: p50 {statistics.median(values):6.1f}  p95 {percentile(values, 0.95):6.1f}  "
+            f"p99 {percentile(values, 0.99):6.1f}  max {max(values):6.1f} ms"
+        )
+
+    print(line("delay finishedAt -> received   ", delays))
+    print(line("delay Redis XADD -> received   ", commit))
+    print(line("first -> last subscriber of a job", spread))
+    p99 = percentile(delays, 0.99)
+    complete = len(got) == total and not errors
+    print(
+        f"target p99 <= {TARGET_P99_MS:.0f} ms: {p99:.1f} ms, ratio {p99 / TARGET_P99_MS:.2f} "
+        f"{'PASS' if p99 <= TARGET_P99_MS and complete else 'FAIL'}"
+    )
+    print(
+        f"target <= {TARGET_KIB_PER_CONNECTION:.0f} KiB/connection: {per_conn:.1f} KiB, ratio "
+        f"{per_conn / TARGET_KIB_PER_CONNECTION:.2f} "
+        f"{'PASS' if per_conn <= TARGET_KIB_PER_CONNECTION and complete else 'FAIL'}"
+    )
+    print(
+        json.dumps(
+            {
+                "subscribers": total,
+                "connected": len(subscribers),
+                "terminal": len(got),
+                "kib_per_connection": round(per_conn, 1),
+                "delay_ms": {
+                    "p50": round(statistics.median(delays), 1),
+                    "p95": round(percentile(delays, 0.95), 1),
+                    "p99": round(p99, 1),
+                    "max": round(max(delays), 1),
+                },
+                "redis_numsub": numsub,
+            }
+        )
+    )
+    for sub in subscribers:
+        if sub.transport:
+            sub.transport.close()
+
+
+if __name__ == "__main__":
+    main()
