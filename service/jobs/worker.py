@@ -58,7 +58,13 @@ class DownloadWorker(BaseWorker):
         """Start the job in the pool, then return once a slot is free for the next dequeue."""
         self._slots.acquire()
         self._start_heartbeats()
-        execution = self.prepare_execution(job)
+        try:
+            execution = self.prepare_execution(job)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # popped but never registered: the reaper requeues it once Redis is back
+            self._slots.release()
+            self.log.warning("job %s not started, Redis unavailable: %s", job.id, exc)
+            return
         self._running[execution.id] = (job, execution)
         cancellation.track(job.id)
         self._pool.submit(self._perform, job, queue, execution)
@@ -115,7 +121,8 @@ class DownloadWorker(BaseWorker):
         """RQ marks a worker idle before each dequeue; it is busy while any download runs."""
         if state == WorkerStatus.IDLE and self._running:
             state = WorkerStatus.BUSY
-        super().set_state(state, pipeline=pipeline)  # type: ignore[arg-type]
+        with self._riding_out("worker state"):
+            super().set_state(state, pipeline=pipeline)  # type: ignore[arg-type]
 
     def request_stop_execution(self, execution_id: str) -> None:
         """RQ's stop-execution command (from the pub/sub thread): signal the download to stop."""
