@@ -12,7 +12,9 @@ already tracks several executions per worker) and runs each job's `perform_job` 
 - job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's
   command (stop-execution) sets the job's cancel event instead of killing a process;
 - every REAPER_INTERVAL_S the main loop also runs the reaper (service/jobs/reaper.py), which
-  recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start).
+  recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start);
+- a Redis outage does not end the process (RQ's loop would quit on an error outside its
+  dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back.
 """
 
 from __future__ import annotations
