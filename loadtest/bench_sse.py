@@ -206,10 +206,14 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=50, help="streams being opened at once (API Redis pool: 100)"
     )
+    parser.add_argument(
+        "--delay-ms", default="100-300", help="DOWNLOAD_DELAY_MIN_MS-MAX_MS: how bunched completions are"
+    )
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the loaded RSS read")
     parser.add_argument("--timeout", type=float, default=120.0, help="for every terminal event")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     per_job = max(1, args.subscribers // args.jobs)
     total = per_job * args.jobs
     nofile = raise_nofile(total + 1024)
@@ -218,7 +222,14 @@ def main() -> None:
     redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
     s3 = embedded.start_seaweed(home / "s3")
     embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
-    env = base_env(redis_server.url, s3.url, RATE_LIMIT_MAX_REQUESTS="100000000", LOG_FORMAT="json")
+    low, _, high = args.delay_ms.partition("-")
+    env = base_env(
+        redis_server.url,
+        s3.url,
+        RATE_LIMIT_MAX_REQUESTS="100000000",
+        DOWNLOAD_DELAY_MIN_MS=low,
+        DOWNLOAD_DELAY_MAX_MS=high or low,
+    )
     procs: list[Proc] = []
     try:
         api, url = start_api(env, home / "logs")
@@ -289,10 +300,12 @@ async def run(
         f"all clients = {clients}  ({'PASS' if numsub == 1 else 'FAIL'}: one subscription per process)"
     )
 
-    cpu_mark = cpu_s(api.process.pid)
-    procs.append(spawn("worker", [sys.executable, "-m", "service", "worker"], env, home / "logs"))
+    cpu_mark, client_mark = cpu_s(api.process.pid), time.process_time()
+    worker = spawn("worker", [sys.executable, "-m", "service", "worker"], env, home / "logs")
+    procs.append(worker)
     done, pending = await asyncio.wait([sub.finished for sub in subscribers], timeout=args.timeout)
     cpu_fanout = cpu_s(api.process.pid) - cpu_mark
+    cpu_client, cpu_worker = time.process_time() - client_mark, cpu_s(worker.process.pid)
     rss_after = rss_kib(api.process.pid)
     got = [sub.terminal for sub in subscribers if sub.terminal is not None]
     failed = [f.exception() for f in done if f.exception() is not None]
@@ -301,8 +314,12 @@ async def run(
     statuses = sorted({str(t["status"]) for t in got})
     print(
         f"terminal events: {len(got)}/{len(subscribers)} ({'/'.join(statuses)}), {len(failed)} streams "
-        f"failed, {len(pending)} still waiting after {args.timeout:.0f} s; API CPU {cpu_fanout:.1f} s; "
-        f"RSS after {rss_after / 1024:.1f} MiB"
+        f"failed, {len(pending)} waiting after {args.timeout:.0f} s; RSS after {rss_after / 1024:.1f} MiB"
+    )
+    finished = [iso_seconds(str(t["finishedAt"])) for t in got]
+    print(
+        f"jobs finished within {1000 * (max(finished, default=0) - min(finished, default=0)):.0f} ms; CPU "
+        f"from worker start: API {cpu_fanout:.2f} s, client {cpu_client:.2f} s, worker {cpu_worker:.2f} s"
     )
     if not delays:
         print("no terminal events: FAIL")
