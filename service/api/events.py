@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -42,10 +41,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass(eq=False)
 class Subscription:
-    job_id: str
-    queue: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
+    """One stream's pending batches and at most one waiter.
+
+    Lighter than an asyncio.Queue (three deques, ~2.2 KiB): thousands of streams hold one each.
+    An empty batch is a wake-up (shutdown). A cancelled `get` loses nothing.
+    """
+
+    __slots__ = ("_batches", "_waiter", "job_id")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._batches: list[list[Entry]] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, entries: list[Entry]) -> None:
+        self._batches.append(entries)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> list[Entry]:
+        while not self._batches:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._batches.pop(0)
 
 
 class EventHub:
@@ -82,7 +104,7 @@ class EventHub:
         await self.closing.wait()
         for subs in list(self._subscribers.values()):
             for subscription in subs:
-                subscription.queue.put_nowait([])
+                subscription.put([])
 
     def subscribe(self, job_id: str) -> Subscription:
         subscription = Subscription(job_id)
@@ -138,7 +160,7 @@ class EventHub:
                     continue
                 self._cursors[job_id] = entries[-1][0]
                 for subscription in self._subscribers[job_id]:
-                    subscription.queue.put_nowait(entries)
+                    subscription.put(entries)
         except RedisError as exc:
             log.warning("event_hub_read_failed", job_id=job_id, error=type(exc).__name__)
         finally:

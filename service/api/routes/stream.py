@@ -54,6 +54,22 @@ def present(job_id: str, entry: Entry) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(payload), event=name, id=entry_id)
 
 
+_ENCODED: dict[tuple[str, str], bytes] = {}
+ENCODED_MAX = 4096
+
+
+def encoded(job_id: str, entry: Entry) -> bytes:
+    """`present` once per entry and process: a job's local subscribers all send the same bytes."""
+    key = (job_id, entry[0])
+    data = _ENCODED.get(key)
+    if data is None:
+        data = present(job_id, entry).encode()
+        if len(_ENCODED) >= ENCODED_MAX:
+            del _ENCODED[next(iter(_ENCODED))]  # the oldest: dicts keep insertion order
+        _ENCODED[key] = data
+    return data
+
+
 async def stream(request: Request) -> Response:
     job = await load_job(request)
     res = resources(request)
@@ -81,7 +97,7 @@ async def stream(request: Request) -> Response:
     settings = res.settings
     assert hub.closing is not None
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         metrics.SSE_CONNECTIONS.inc()
         try:
             sent = "0-0"
@@ -101,7 +117,7 @@ async def stream(request: Request) -> Response:
                 sent = snapshot_id
                 to_send = terminal if current.finished else []
             for entry in to_send:
-                yield present(job.id, entry)
+                yield encoded(job.id, entry)
                 sent = entry[0]
                 if entry[1]["event"] in state.TERMINAL:
                     return
@@ -109,13 +125,13 @@ async def stream(request: Request) -> Response:
             while not hub.closing.is_set():
                 entries: list[Entry] = []
                 with anyio.move_on_after(deadline - time.monotonic()):
-                    entries = await subscription.queue.get()
+                    entries = await subscription.get()
                 if not entries:  # lifetime reached or shutting down: end cleanly, client resumes
                     return
                 for entry in entries:
                     if stream_id(entry[0]) <= stream_id(sent):
                         continue
-                    yield present(job.id, entry)
+                    yield encoded(job.id, entry)
                     sent = entry[0]
                     if entry[1]["event"] in state.TERMINAL:
                         return
