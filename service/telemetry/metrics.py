@@ -159,6 +159,9 @@ def _initialise() -> None:
         WEBHOOK_DELIVERIES.labels(outcome)
     for reason in ("queue_full", "client_limit"):
         JOBS_REJECTED.labels(reason)
+    JOBS_REAPED.labels("requeued", "orphaned")
+    for reason in ("orphaned", "rq_missing", "rq_failed", "timeout"):
+        JOBS_REAPED.labels("failed", reason)
 
 
 _initialise()
