@@ -126,6 +126,11 @@ class Subscriber(asyncio.Protocol):
             self.finished.set_result(None)
 
 
+def median_delay(got: list[dict[str, object]], job_id: str) -> float:
+    mine = [t for t in got if t["jobId"] == job_id]
+    return statistics.median((float(t["at"]) - iso_seconds(str(t["finishedAt"]))) * 1000 for t in mine)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -209,6 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--delay-ms", default="100-300", help="DOWNLOAD_DELAY_MIN_MS-MAX_MS: how bunched completions are"
     )
+    parser.add_argument("--pin", action="store_true", help="API on CPU 0, client and worker on CPU 1")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the loaded RSS read")
     parser.add_argument("--timeout", type=float, default=120.0, help="for every terminal event")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
@@ -234,6 +240,9 @@ def main() -> None:
     try:
         api, url = start_api(env, home / "logs")
         procs.append(api)
+        if args.pin:  # the API alone on CPU 0; this client and the worker (spawned later) on CPU 1
+            os.sched_setaffinity(api.process.pid, {0})
+            os.sched_setaffinity(0, {1})
         port = int(url.rsplit(":", 1)[1])
         with httpx.Client(base_url=url, timeout=30) as http:
             job_ids = [
@@ -335,6 +344,14 @@ async def run(
             f"p99 {percentile(values, 0.99):6.1f}  max {max(values):6.1f} ms"
         )
 
+    ends = {str(t["jobId"]): iso_seconds(str(t["finishedAt"])) for t in got}
+    first_job = min(ends, key=ends.__getitem__)
+    window = max(float(t["at"]) for t in got) - min(finished)
+    print(
+        f"first job to finish: its subscribers' median delay {median_delay(got, first_job):.1f} ms; "
+        f"API CPU since the worker started = {100 * cpu_fanout / max(window, 1e-3):.0f}% of the "
+        f"{1000 * window:.0f} ms from the first completion to the last terminal event received"
+    )
     print(line("delay finishedAt -> received   ", delays))
     print(line("delay Redis XADD -> received   ", commit))
     print(line("first -> last subscriber of a job", spread))
