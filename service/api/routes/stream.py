@@ -70,6 +70,31 @@ def encoded(job_id: str, entry: Entry) -> bytes:
     return data
 
 
+def _opening(
+    job_id: str, current: state.JobRecord, backlog: list[Entry], last_event_id: str | None, retry_ms: int
+) -> tuple[list[ServerSentEvent | bytes], str, bool]:
+    """What a stream sends before live events, the id sent up to, and whether that ends it.
+
+    Fresh: the snapshot (and the terminal event when the job has ended). Resumed: the backlog.
+    """
+    items: list[ServerSentEvent | bytes] = []
+    if last_event_id:
+        sent, to_send = last_event_id, backlog
+    else:
+        terminal = [e for e in backlog if e[1]["event"] in state.TERMINAL]
+        before = [e for e in backlog if e not in terminal]
+        sent = before[-1][0] if before else "0-0"
+        snapshot = json.dumps(status_body(current))
+        items.append(ServerSentEvent(data=snapshot, event="snapshot", id=sent, retry=retry_ms))
+        to_send = terminal if current.finished else []
+    for entry in to_send:
+        items.append(encoded(job_id, entry))
+        sent = entry[0]
+        if entry[1]["event"] in state.TERMINAL:
+            return items, sent, True
+    return items, sent, False
+
+
 async def stream(request: Request) -> Response:
     job = await load_job(request)
     res = resources(request)
@@ -96,31 +121,18 @@ async def stream(request: Request) -> Response:
 
     settings = res.settings
     assert hub.closing is not None
+    job_id = job.id  # the stream keeps only what it still needs, not the job records (~1 KiB)
+    opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
 
     async def events() -> AsyncIterator[ServerSentEvent | bytes]:
         metrics.SSE_CONNECTIONS.inc()
         try:
-            sent = "0-0"
-            if last_event_id:
-                sent = last_event_id
-                to_send = backlog
-            else:
-                terminal = [e for e in backlog if e[1]["event"] in state.TERMINAL]
-                before = [e for e in backlog if e not in terminal]
-                snapshot_id = before[-1][0] if before else "0-0"
-                yield ServerSentEvent(
-                    data=json.dumps(status_body(current)),
-                    event="snapshot",
-                    id=snapshot_id,
-                    retry=settings.sse_retry_ms,
-                )
-                sent = snapshot_id
-                to_send = terminal if current.finished else []
-            for entry in to_send:
-                yield encoded(job.id, entry)
-                sent = entry[0]
-                if entry[1]["event"] in state.TERMINAL:
-                    return
+            sent = first_sent
+            for item in opening:
+                yield item
+            opening.clear()
+            if ended:
+                return
             deadline = time.monotonic() + settings.sse_max_stream_s
             while not hub.closing.is_set():
                 entries: list[Entry] = []
@@ -131,7 +143,7 @@ async def stream(request: Request) -> Response:
                 for entry in entries:
                     if stream_id(entry[0]) <= stream_id(sent):
                         continue
-                    yield encoded(job.id, entry)
+                    yield encoded(job_id, entry)
                     sent = entry[0]
                     if entry[1]["event"] in state.TERMINAL:
                         return
