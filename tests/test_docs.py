@@ -233,6 +233,7 @@ def mermaid_problems(body: str) -> list[str]:
             if message:
                 missing = [p for p in message.groups() if p not in declared]
                 found += [f"undeclared participant {p} in {line!r}" for p in missing]
+        found += [f"';' ends a statement in Mermaid: {line!r}" for line in lines if ";" in line]
         blocks = sum(1 for line in lines if re.match(r"(loop|alt|opt|par|critical|break|rect)\b", line))
         ends = sum(1 for line in lines if line == "end")
         if blocks != ends:
@@ -256,6 +257,7 @@ def test_mermaid_checker_catches_mistakes() -> None:
     assert mermaid_problems("sequencediagram\n  A->>B: hi\n")
     assert mermaid_problems("sequenceDiagram\n  participant A\n  participant B\n  A->>C: hi\n")
     assert mermaid_problems("flowchart XY\n  A --> B\n")
+    assert mermaid_problems("sequenceDiagram\n  participant A\n  Note over A: closed; gone\n")
     assert mermaid_problems("sequenceDiagram\n  participant A\n  participant B\n  A->>B: hi\n") == []
 
 
