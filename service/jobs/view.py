@@ -9,7 +9,7 @@ from service.telemetry.tracing import trace_id_of
 
 
 def status_body(job: state.JobRecord) -> dict[str, Any]:
-    """The job as clients see it (docs/api.md); the download URL is ours, never a presigned one."""
+    """The job as clients see it (`/openapi`); the download URL is ours, never a presigned one."""
     percent = round(100 * job.done / job.total, 1) if job.total else 100.0
     body: dict[str, Any] = {
         "jobId": job.id,
