@@ -10,6 +10,11 @@ from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 
 RETRY_ON = [ConnectionError, TimeoutError]
+# redis-py 8 caps a pool at 100 connections unless told (before: 2**31) and raises
+# MaxConnectionsError past it, without waiting. A worker's WORKER_CONCURRENCY threads and the
+# API's concurrent requests each hold one while they talk to Redis, so 100 is too few (seen:
+# jobs failing at their final write, the API answering 503). Redis's own maxclients bounds it.
+DEFAULT_MAX_CONNECTIONS = 10_000
 
 
 def _options() -> dict[str, object]:
@@ -24,10 +29,12 @@ def _options() -> dict[str, object]:
 def sync_client(url: str, *, max_connections: int | None = None) -> redis.Redis:
     """For RQ and the worker (RQ is synchronous); threads share its connection pool."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
-    return redis.Redis.from_url(url, retry=retry, max_connections=max_connections, **_options())
+    pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
+    return redis.Redis.from_url(url, retry=retry, max_connections=pool_size, **_options())
 
 
 def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
     """For the API's event loop: status reads, the rate limiter, SSE fan-out."""
     retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2)
-    return aioredis.Redis.from_url(url, retry=retry, max_connections=max_connections, **_options())
+    pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
+    return aioredis.Redis.from_url(url, retry=retry, max_connections=pool_size, **_options())
