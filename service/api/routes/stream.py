@@ -3,9 +3,10 @@
 A fresh client gets a `snapshot` (the full status) and then live events; a client that
 reconnects with Last-Event-ID gets exactly what it missed. Events: `status` (queued,
 processing, retrying), `progress` (a file finished), then one terminal event (`completed`,
-`failed` or `cancelled`) after which the stream ends. A heartbeat comment every
-SSE_HEARTBEAT_S keeps proxies from cutting an idle stream; after SSE_MAX_STREAM_S, or when the
-process shuts down, the stream ends cleanly and the client resumes with Last-Event-ID.
+`failed` or `cancelled`) after which the stream ends. A heartbeat comment after each
+SSE_HEARTBEAT_S without an event keeps proxies from cutting an idle stream (sent by the event
+loop itself, not sse-starlette's ping task: one task per stream less); after SSE_MAX_STREAM_S,
+or when the process shuts down, the stream ends cleanly and the client resumes with Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from service.telemetry import metrics
 
 STATUS_EVENTS = {state.QUEUED, state.PROCESSING, state.RETRYING}
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEARTBEAT = ServerSentEvent(comment="ping").encode()
 
 
 def present(job_id: str, entry: Entry) -> ServerSentEvent:
@@ -135,10 +137,17 @@ async def stream(request: Request) -> Response:
                 return
             deadline = time.monotonic() + settings.sse_max_stream_s
             while not hub.closing.is_set():
-                entries: list[Entry] = []
-                with anyio.move_on_after(deadline - time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0:  # lifetime reached: end cleanly, the client resumes
+                    return
+                entries: list[Entry] | None = None
+                with anyio.move_on_after(min(settings.sse_heartbeat_s, left)):
                     entries = await subscription.get()
-                if not entries:  # lifetime reached or shutting down: end cleanly, client resumes
+                if entries is None:  # quiet for a heartbeat interval (or the lifetime is up)
+                    if time.monotonic() < deadline:
+                        yield HEARTBEAT
+                    continue
+                if not entries:  # shutting down: end cleanly, the client resumes
                     return
                 for entry in entries:
                     if stream_id(entry[0]) <= stream_id(sent):
@@ -154,7 +163,7 @@ async def stream(request: Request) -> Response:
     return EventSourceResponse(
         events(),
         headers=HEADERS,
-        ping=settings.sse_heartbeat_s,
+        ping=0,  # heartbeats come from events() when it is idle: one task per stream less
         shutdown_event=hub.closing,
         shutdown_grace_period=1.0,
     )
