@@ -60,14 +60,28 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def get(self) -> list[Entry]:
-        while not self._batches:
-            self._waiter = asyncio.get_running_loop().create_future()
+    async def get(self, timeout_s: float) -> list[Entry] | None:
+        """The next batch, or None after `timeout_s` without one.
+
+        A timer on the waiter rather than a cancel scope: one handle, not a scope per wait.
+        """
+        if not self._batches:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, _expire, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+            if not self._batches:
+                return None
         return self._batches.pop(0)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class EventHub:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -140,9 +139,7 @@ async def stream(request: Request) -> Response:
                 left = deadline - time.monotonic()
                 if left <= 0:  # lifetime reached: end cleanly, the client resumes
                     return
-                entries: list[Entry] | None = None
-                with anyio.move_on_after(min(settings.sse_heartbeat_s, left)):
-                    entries = await subscription.get()
+                entries = await subscription.get(min(settings.sse_heartbeat_s, left))
                 if entries is None:  # quiet for a heartbeat interval (or the lifetime is up)
                     if time.monotonic() < deadline:
                         yield HEARTBEAT
