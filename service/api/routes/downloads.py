@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from typing import Any
@@ -129,7 +130,7 @@ async def initiate(request: Request) -> JSONResponse:
             "fileUrl": f"/v1/download/{job.id}/file",
         },
         202,
-        headers={"Location": status_url, "Retry-After": str(res.settings.poll_interval_s), **extra},
+        headers={"Location": status_url, "Retry-After": poll_after(res.settings), **extra},
     )
 
 
@@ -141,6 +142,14 @@ async def _check_callback(settings: Settings, url: str) -> None:
         await run_in_threadpool(guard.check, url, settings)
     except guard.UnsafeCallback as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def poll_after(settings: Settings) -> str:
+    """Retry-After for pollers: POLL_INTERVAL_S ± 1 s, so a thousand clients that all honour
+    it drift apart instead of arriving in the same second (loadtest/capacity.py measured the
+    lock-step bursts: 1,000 polls in one second, then 50)."""
+    interval = settings.poll_interval_s
+    return str(random.randint(max(1, interval - 1), interval + 1))
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -173,7 +182,7 @@ async def load_job(request: Request) -> state.JobRecord:
 
 async def status(request: Request) -> JSONResponse:
     job = await load_job(request)
-    headers = {} if job.finished else {"Retry-After": str(resources(request).settings.poll_interval_s)}
+    headers = {} if job.finished else {"Retry-After": poll_after(resources(request).settings)}
     return JSONResponse(status_body(job), headers=headers)
 
 
