@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint format lock loadtest bench clean
+.PHONY: run test lint format lock loadtest bench capacity clean
 
 $(BIN)/delineate: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ lint: $(BIN)/delineate
 format: $(BIN)/delineate
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-lock:
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+lock: $(BIN)/delineate
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 # A short headless Locust run against URL (default: `make run` on port 3000), judged against
 # PROFILE's proxy timeout. `make run` needs a larger budget: RATE_LIMIT_MAX_REQUESTS=1000000 make run
@@ -39,6 +39,15 @@ loadtest: $(BIN)/delineate
 	$(BIN)/locust -f loadtest/locustfile.py --headless -H $(URL) -u 20 -r 10 -t 30s --stop-timeout 60 \
 		--proxy-profile $(PROFILE) --csv loadtest/results/locust --html loadtest/results/locust.html \
 		--report-dir loadtest/results
+
+# Benchmarks (scripts, not tests: figures and ratios measured side by side in one run).
+bench: $(BIN)/delineate
+	$(BIN)/python loadtest/bench_api.py
+	$(BIN)/python loadtest/bench_sse.py
+
+# 1,000 concurrent 60 s+ downloads on this box, judged against the capacity aims (about 3 min).
+capacity: $(BIN)/delineate
+	$(BIN)/python loadtest/capacity.py --workers 2 --concurrency 512 --users 1000 --out loadtest/results/capacity
 
 clean:
 	rm -rf $(VENV) .pytest_cache
