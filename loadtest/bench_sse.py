@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=50, help="subscribers are spread evenly (1: all on one)")
     parser.add_argument(
-        "--batch", type=int, default=50, help="streams being opened at once (API Redis pool: 100)"
+        "--batch", type=int, default=200, help="streams being opened at once (< uvicorn's backlog, 2048)"
     )
     parser.add_argument(
         "--delay-ms", default="100-300", help="DOWNLOAD_DELAY_MIN_MS-MAX_MS: how bunched completions are"
