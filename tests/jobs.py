@@ -6,6 +6,9 @@ import time
 from typing import Any
 
 import httpx
+import redis
+from rq.executions import Execution
+from rq.job import Job
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -37,3 +40,13 @@ def wait_for(
             return body
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} not in {statuses} after {timeout_s} s: {body}")
+
+
+def plant_execution(conn: redis.Redis, job_id: str, ttl_s: int, worker_name: str) -> Execution:
+    """Register an RQ execution of `job_id` as a worker would, without running anything:
+    a live one (renew its key) or one whose worker died (let it expire after ttl_s)."""
+    job = Job.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        execution = Execution.create(job, ttl_s, pipeline=pipe, worker_name=worker_name)
+        pipe.execute()
+    return execution

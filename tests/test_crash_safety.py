@@ -34,7 +34,7 @@ from service.jobs import enqueue, reaper, state
 from service.settings import Settings, load_settings
 from tests import sse
 from tests.conftest import base_env
-from tests.jobs import TERMINAL, initiate, wait_for
+from tests.jobs import TERMINAL, initiate, plant_execution, wait_for
 from tests.procs import Proc, Stack, require_binary, running_stack, start_api
 
 FAST = {  # every recovery clock at its smallest: 1 s beats (3 s execution TTL), 1 s passes
@@ -146,10 +146,7 @@ def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
     """Killed after the execution was registered, before perform_job marked it started."""
     settings = _settings(conn)
     job_id = _orphan(conn, settings)
-    rq_job = Job.fetch(job_id, connection=conn)
-    with conn.pipeline() as pipe:
-        Execution.create(rq_job, ttl=1, pipeline=pipe, worker_name="dead-worker")
-        pipe.execute()
+    plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
     registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
     owned = _reap(conn, settings)
     assert owned.suspects == [] and owned.requeued == [], "a live execution owns it"
@@ -165,10 +162,7 @@ def test_the_known_bug_after_rq_cleanup_dropped_the_entry(conn):
     """The same orphan once RQ's maintenance ran first: in no queue and no registry."""
     settings = _settings(conn)
     job_id = _orphan(conn, settings)
-    rq_job = Job.fetch(job_id, connection=conn)
-    with conn.pipeline() as pipe:
-        Execution.create(rq_job, ttl=1, pipeline=pipe, worker_name="dead-worker")
-        pipe.execute()
+    plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
     registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
     time.sleep(1.1)
     registry.cleanup()  # RQ's own maintenance: skips the job (not `started`), drops its entry

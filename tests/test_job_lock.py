@@ -11,18 +11,8 @@ import threading
 import time
 
 import redis
-from rq.executions import Execution
-from rq.job import Job
 
-from tests.jobs import initiate, wait_for
-
-
-def plant_ghost(conn: redis.Redis, job_id: str, ttl_s: int) -> Execution:
-    job = Job.fetch(job_id, connection=conn)
-    with conn.pipeline() as pipe:
-        ghost = Execution.create(job, ttl_s, pipeline=pipe, worker_name="ghost-worker")
-        pipe.execute()
-    return ghost
+from tests.jobs import initiate, plant_execution, wait_for
 
 
 def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_stack):
@@ -30,8 +20,8 @@ def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
     with stack.client() as client:
         held, orphaned = initiate(client, [70000]), initiate(client, [70007])
-        alive = plant_ghost(conn, held, ttl_s=3)
-        plant_ghost(conn, orphaned, ttl_s=2)  # never renewed: gone in 2 s, as after kill -9
+        alive = plant_execution(conn, held, 3, "ghost-worker")
+        plant_execution(conn, orphaned, 2, "ghost-worker")  # never renewed: gone in 2 s, as after kill -9
         beating = threading.Event()
 
         def heartbeat() -> None:
