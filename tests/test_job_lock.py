@@ -11,6 +11,7 @@ import threading
 import time
 
 import redis
+from rq.job import Job
 
 from tests.jobs import initiate, plant_execution, wait_for
 
@@ -24,9 +25,12 @@ def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_
         plant_execution(conn, orphaned, 2, "ghost-worker")  # never renewed: gone in 2 s, as after kill -9
         beating = threading.Event()
 
-        def heartbeat() -> None:
+        def heartbeat() -> None:  # what a live worker's heartbeat thread does for its execution
+            registry = Job.fetch(held, connection=conn).started_job_registry
             while not beating.wait(0.5):
-                conn.expire(alive.key, 3)
+                with conn.pipeline() as pipe:
+                    alive.heartbeat(registry, 3, pipe)
+                    pipe.execute()
 
         threading.Thread(target=heartbeat, daemon=True).start()
         try:
