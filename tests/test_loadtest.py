@@ -56,7 +56,7 @@ def test_smoke_run_against_the_real_stack_passes_and_writes_every_report(make_st
     result = run_locust(
         stack.url,
         tmp_path,
-        "-u", "12", "-r", "12", "-t", "6s", "--stop-timeout", "15",
+        "-u", "12", "-r", "12", "-t", "20s", "--stop-timeout", "15",
         "--proxy-timeout-s", "2",
         "--weights", "fast=3,poll=2,sse=2,webhook=2",
         "--slow-files", "3",
