@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -116,21 +115,18 @@ def main() -> None:
     s3 = embedded.start_seaweed(home / "s3")
     client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
     embedded.seed(client, "delineate")
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "S3_ENDPOINT": s3.url,
-        "S3_ACCESS_KEY_ID": embedded.DEV_ACCESS_KEY,
-        "S3_SECRET_ACCESS_KEY": embedded.DEV_SECRET_KEY,
-        "S3_FORCE_PATH_STYLE": "true",
-        "DOWNLOAD_DELAY_ENABLED": "false",
-        "RATE_LIMIT_MAX_REQUESTS": "100000000",
-        "DEDUPE_WINDOW_S": "0",  # every benchmark request is a new job
-        "PER_CLIENT_MAX_ACTIVE_JOBS": "0",  # thousands of jobs from one client: no per-client limit
-        "QUEUE_MAX_DEPTH": "100000000",  # the depth check still runs, it never refuses here
-        "PYTHONPATH": str(home),
-        "PROMETHEUS_MULTIPROC_DIR": str(home / "prom"),
-    }
+    env = embedded.stack_env(
+        redis_server.url,
+        s3.url,
+        "delineate",
+        DOWNLOAD_DELAY_ENABLED="false",
+        RATE_LIMIT_MAX_REQUESTS="100000000",
+        DEDUPE_WINDOW_S="0",  # every benchmark request is a new job
+        PER_CLIENT_MAX_ACTIVE_JOBS="0",  # thousands of jobs from one client: no per-client limit
+        QUEUE_MAX_DEPTH="100000000",  # the depth check still runs, it never refuses here
+        PYTHONPATH=str(home),
+        PROMETHEUS_MULTIPROC_DIR=str(home / "prom"),
+    )
     (home / "prom").mkdir()
     (home / "bench_bare.py").write_text(BARE)
     lua = home / "post.lua"

@@ -60,7 +60,6 @@ if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: t
 
 from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
-from tests.conftest import base_env  # noqa: E402
 from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
 
 TARGET_P99_MS = 250.0
@@ -239,10 +238,14 @@ def main() -> None:
     s3 = embedded.start_seaweed(home / "s3")
     embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
     low, _, high = args.delay_ms.partition("-")
-    env = base_env(
+    env = embedded.stack_env(
         redis_server.url,
         s3.url,
+        TEST_BUCKET,
+        LOG_FORMAT="json",
         RATE_LIMIT_MAX_REQUESTS="100000000",
+        DEDUPE_WINDOW_S="0",  # --jobs identical one-file jobs must stay separate jobs
+        PER_CLIENT_MAX_ACTIVE_JOBS="0",
         DOWNLOAD_DELAY_MIN_MS=low,
         DOWNLOAD_DELAY_MAX_MS=high or low,
     )

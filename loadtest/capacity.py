@@ -238,18 +238,10 @@ class Sampler:
 
 def stack_env(redis_url: str, s3_url: str, args: argparse.Namespace) -> dict[str, str]:
     """Production defaults except what one box under one client's load needs changed."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("S3_", "REDIS_", "DOWNLOAD_", "RATE_", "OTEL_"))
-    }
-    env.update(
-        REDIS_URL=redis_url,
-        S3_ENDPOINT=s3_url,
-        S3_ACCESS_KEY_ID=embedded.DEV_ACCESS_KEY,
-        S3_SECRET_ACCESS_KEY=embedded.DEV_SECRET_KEY,
-        S3_BUCKET_NAME=BUCKET,
-        S3_FORCE_PATH_STYLE="true",
+    return embedded.stack_env(
+        redis_url,
+        s3_url,
+        BUCKET,
         DOWNLOAD_DELAY_ENABLED="true",
         DOWNLOAD_DELAY_MIN_MS=str(args.delay_min_ms),
         DOWNLOAD_DELAY_MAX_MS=str(args.delay_max_ms),
@@ -262,7 +254,6 @@ def stack_env(redis_url: str, s3_url: str, args: argparse.Namespace) -> dict[str
         PER_CLIENT_MAX_ACTIVE_JOBS="0",  # ditto: no per-client cap
         DEDUPE_WINDOW_S="0",  # 1,000 users pick from 252 five-file sets: no merging
     )
-    return env
 
 
 def start_workers(stack: Stack, count: int) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -196,3 +197,26 @@ def seed(client: Any, bucket: str, file_ids: tuple[int, ...] = DEMO_FILE_IDS) ->
         client.put_object(Bucket=bucket, Key=key, Body=demo_zip(file_id), ContentType="application/zip")
         keys.append(key)
     return keys
+
+
+def stack_env(redis_url: str, s3_url: str, bucket: str, **settings: str) -> dict[str, str]:
+    """The environment for API and worker processes of a private stack (tests, benchmarks).
+
+    This process's environment minus every variable the service reads (and the OpenTelemetry
+    SDK's): a shell's REDIS_URL or LOG_LEVEL must not leak into a stack it did not set up.
+    Then the embedded Redis and S3, then `settings`.
+    """
+    from service.settings import Settings
+
+    ours = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("OTEL_")}
+    env.update(
+        REDIS_URL=redis_url,
+        S3_ENDPOINT=s3_url,
+        S3_ACCESS_KEY_ID=DEV_ACCESS_KEY,
+        S3_SECRET_ACCESS_KEY=DEV_SECRET_KEY,
+        S3_BUCKET_NAME=bucket,
+        S3_FORCE_PATH_STYLE="true",
+    )
+    env.update(settings)
+    return env

@@ -61,30 +61,18 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., embedded.Server]]:
 
 def base_env(redis_url: str, s3_url: str, **overrides: str) -> dict[str, str]:
     """Environment for API/worker processes: fast, time-compressed defaults for tests."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("S3_", "REDIS_", "DOWNLOAD_", "RATE_LIMIT", "OTEL_"))
+    fast = {
+        "S3_MAX_ATTEMPTS": "2",
+        "DOWNLOAD_DELAY_MIN_MS": "100",
+        "DOWNLOAD_DELAY_MAX_MS": "300",
+        "RATE_LIMIT_MAX_REQUESTS": "100000",
+        "JOB_RETRY_BASE_S": "1",
+        "WORKER_HEARTBEAT_S": "1",
+        "WORKER_MAINTENANCE_S": "2",
+        "LOG_FORMAT": "json",
+        "DEDUPE_WINDOW_S": "0",  # tests repeat identical requests on purpose; test_idempotency turns it on
     }
-    env.update(
-        REDIS_URL=redis_url,
-        S3_ENDPOINT=s3_url,
-        S3_ACCESS_KEY_ID=embedded.DEV_ACCESS_KEY,
-        S3_SECRET_ACCESS_KEY=embedded.DEV_SECRET_KEY,
-        S3_BUCKET_NAME=TEST_BUCKET,
-        S3_FORCE_PATH_STYLE="true",
-        S3_MAX_ATTEMPTS="2",
-        DOWNLOAD_DELAY_MIN_MS="100",
-        DOWNLOAD_DELAY_MAX_MS="300",
-        RATE_LIMIT_MAX_REQUESTS="100000",
-        JOB_RETRY_BASE_S="1",
-        WORKER_HEARTBEAT_S="1",
-        WORKER_MAINTENANCE_S="2",
-        LOG_FORMAT="json",
-        DEDUPE_WINDOW_S="0",  # tests repeat identical requests on purpose; test_idempotency turns it on
-    )
-    env.update(overrides)
-    return env
+    return embedded.stack_env(redis_url, s3_url, TEST_BUCKET, **{**fast, **overrides})
 
 
 @pytest.fixture(scope="session")
