@@ -82,6 +82,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     worker = DownloadWorker(
         [*enqueue.QUEUES, delivery.QUEUE],
         connection=ctx.redis,
+        settings=settings,
         concurrency=settings.worker_concurrency,
         job_monitoring_interval=settings.worker_heartbeat_s,
         maintenance_interval=settings.worker_maintenance_s,

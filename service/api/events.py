@@ -32,13 +32,9 @@ def stream_id(value: str) -> tuple[int, int]:
 
 def decode(entries: list[Any]) -> list[Entry]:
     return [
-        (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+        (state.text(entry_id), {state.text(k): state.text(v) for k, v in fields.items()})
         for entry_id, fields in entries or []
     ]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Subscription:
@@ -145,7 +141,7 @@ class EventHub:
                 for job_id in list(self._subscribers):  # catch up on what an outage hid
                     self._notify(job_id)
                 async for message in pubsub.listen():
-                    job_id = _text(message["data"])
+                    job_id = state.text(message["data"])
                     if job_id in self._subscribers:
                         self._notify(job_id)
             except (RedisError, OSError) as exc:

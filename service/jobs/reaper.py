@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -84,8 +83,8 @@ def reap(conn: redis.Redis, settings: Settings) -> ReapReport:
     if not conn.set(LOCK_KEY, "1", nx=True, px=lock_ms):
         return report
     report.ran = True
-    ids = [_text(member) for member in conn.zrange(state.ACTIVE_KEY, 0, -1)]
-    suspects = {_text(k): float(v) for k, v in conn.hgetall(SUSPECTS_KEY).items()}
+    ids = [state.text(member) for member in conn.zrange(state.ACTIVE_KEY, 0, -1)]
+    suspects = {state.text(k): float(v) for k, v in conn.hgetall(SUSPECTS_KEY).items()}
     owners = _Owners(conn)
     for start in range(0, len(ids), CHUNK):
         _scan(conn, settings, ids[start : start + CHUNK], suspects, owners, report)
@@ -112,10 +111,10 @@ class _Owners:
             pipe.zrange(DeferredJobRegistry(origin, connection=self.conn).key, 0, -1)
             pipe.zrange(StartedJobRegistry(origin, connection=self.conn).key, 0, -1, withscores=True)
             queued, intermediate, scheduled, deferred, started = pipe.execute()
-        self._held[origin] = {_text(m) for m in [*queued, *intermediate, *scheduled, *deferred]}
+        self._held[origin] = {state.text(m) for m in [*queued, *intermediate, *scheduled, *deferred]}
         running: dict[str, float] = {}
         for member, expires in started:
-            job_id = _text(member).split(":", 1)[0]
+            job_id = state.text(member).split(":", 1)[0]
             running[job_id] = max(running.get(job_id, 0.0), float(expires))
         self._running[origin] = running
 
@@ -143,7 +142,7 @@ def _scan(
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hget(state.job_key(job_id), "status")
-        statuses = [None if s is None else _text(s) for s in pipe.execute()]
+        statuses = [None if s is None else state.text(s) for s in pipe.execute()]
     rq_jobs = Job.fetch_many(ids, connection=conn)
     now = time.time()
     finished: list[str] = []
@@ -266,7 +265,7 @@ def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
             try:
                 pipe.watch(*watched)
                 status = pipe.hget(our_key, "status")
-                if status is None or _text(status) in state.TERMINAL:
+                if status is None or state.text(status) in state.TERMINAL:
                     pipe.unwatch()
                     return "finished"
                 try:
@@ -283,7 +282,7 @@ def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
                 Queue(rq_job.origin, connection=conn).enqueue_job(rq_job, pipeline=pipe, at_front=True)
                 if stale:
                     pipe.zrem(rq_job.started_job_registry.key, *stale)
-                if _text(status) == state.PROCESSING:
+                if state.text(status) == state.PROCESSING:
                     error = "the worker running the job was lost; requeued"
                     fields = {"status": state.RETRYING, "error": error}
                     state.queue_update(pipe, job_id, settings.job_ttl_s, state.RETRYING, **fields)
@@ -334,7 +333,3 @@ def _rq_reason(rq_job: Job) -> str:
 
 def _timeout(rq_job: Job, settings: Settings) -> int:
     return int(rq_job.timeout) if rq_job.timeout and rq_job.timeout > 0 else settings.job_timeout_s
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

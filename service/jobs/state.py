@@ -12,8 +12,9 @@ Keys, all under the `delineate:` prefix and all expiring JOB_TTL_S after the las
 Changes are also announced on the pub/sub channel `events` (message: the job id) so each API
 process needs one subscription for all its streams.
 
-The functions queue commands on a pipeline, sync or async alike, and never execute it: the
-caller chooses what else goes in the same MULTI (for example RQ's own enqueue commands).
+The `queue_*` functions queue commands on a pipeline, sync or async alike, and never execute
+it: the caller chooses what else goes in the same MULTI (for example RQ's own enqueue
+commands). `load` is the synchronous read that workers and webhook deliveries share.
 """
 
 from __future__ import annotations
@@ -115,30 +116,31 @@ class JobRecord:
     def from_redis(cls, fields: dict[Any, Any], files: list[Any]) -> JobRecord | None:
         if not fields:
             return None
-        text = {_text(k): _text(v) for k, v in fields.items()}
-        size = text.get("result_size")
+        got = {text(k): text(v) for k, v in fields.items()}
+        size = got.get("result_size")
         return cls(
-            id=text["id"],
-            status=text["status"],
-            file_ids=json.loads(text["file_ids"]),
-            created_at=text["created_at"],
-            client=text.get("client", ""),
-            queue=text.get("queue", ""),
-            done=int(text.get("done", 0)),
-            attempt=int(text.get("attempt", 0)),
-            started_at=text.get("started_at"),
-            finished_at=text.get("finished_at"),
-            error=text.get("error"),
-            result_key=text.get("result_key"),
+            id=got["id"],
+            status=got["status"],
+            file_ids=json.loads(got["file_ids"]),
+            created_at=got["created_at"],
+            client=got.get("client", ""),
+            queue=got.get("queue", ""),
+            done=int(got.get("done", 0)),
+            attempt=int(got.get("attempt", 0)),
+            started_at=got.get("started_at"),
+            finished_at=got.get("finished_at"),
+            error=got.get("error"),
+            result_key=got.get("result_key"),
             result_size=int(size) if size else None,
-            traceparent=text.get("traceparent"),
-            callback_url=text.get("callback_url"),
-            webhook=json.loads(text["webhook"]) if text.get("webhook") else None,
-            files=[json.loads(_text(item)) for item in files],
+            traceparent=got.get("traceparent"),
+            callback_url=got.get("callback_url"),
+            webhook=json.loads(got["webhook"]) if got.get("webhook") else None,
+            files=[json.loads(text(item)) for item in files],
         )
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply (bytes) or a Python value as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -186,6 +188,14 @@ def queue_event(pipe: Any, job_id: str, event: str, data: dict[str, Any], ttl_s:
     )
     pipe.expire(events_key(job_id), ttl_s)
     pipe.publish(EVENTS_CHANNEL, job_id)
+
+
+def load(conn: Any, job_id: str) -> JobRecord | None:
+    """Read one job with a sync client (one round trip); None once it expired."""
+    with conn.pipeline(transaction=False) as pipe:
+        queue_read(pipe, job_id)
+        fields, files = pipe.execute()
+    return JobRecord.from_redis(fields, files)
 
 
 def queue_read(pipe: Any, job_id: str) -> None:

@@ -73,13 +73,6 @@ def finish(conn: redis.Redis, settings: Settings, job_id: str, **fields: Any) ->
     transition(conn, job_id, write)
 
 
-def load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:
-    with conn.pipeline(transaction=False) as pipe:
-        state.queue_read(pipe, job_id)
-        fields, files = pipe.execute()
-    return state.JobRecord.from_redis(fields, files)
-
-
 def pick_delay_s(settings: Settings) -> float:
     """The whole job's simulated processing time, drawn as the original service drew it."""
     if not settings.download_delay_enabled:
@@ -105,7 +98,7 @@ def process_download(job_id: str) -> dict[str, Any] | None:
     attempt and (when the job ends here) its outcome and duration are counted.
     """
     ctx = context.current()
-    job = load(ctx.redis, job_id)
+    job = state.load(ctx.redis, job_id)
     if job is None or job.finished:
         return None
     rq_job = get_current_job()

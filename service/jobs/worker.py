@@ -33,13 +33,15 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker, WorkerStatus
 
-from service.jobs import cancellation, context, reaper
+from service.jobs import cancellation, reaper
+from service.settings import Settings
 
 
 class DownloadWorker(BaseWorker):
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: object, concurrency: int = 32, **kwargs: object) -> None:
+    def __init__(self, *args: object, settings: Settings, concurrency: int = 32, **kwargs: object) -> None:
+        self.settings = settings  # the reaper's (REAPER_INTERVAL_S...); RQ's __init__ reads it
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -84,7 +86,7 @@ class DownloadWorker(BaseWorker):
     @property
     def dequeue_timeout(self) -> int:
         """Wake up for maintenance and the reaper even when no job arrives."""
-        interval = min(self.worker_ttl - 15, self.maintenance_interval, self._reap_interval_s)
+        interval = min(self.worker_ttl - 15, self.maintenance_interval, self.settings.reaper_interval_s)
         return max(1, int(interval))
 
     @property
@@ -100,7 +102,7 @@ class DownloadWorker(BaseWorker):
             self._last_reap = time.monotonic()
             try:
                 with self._riding_out("reaper pass"):
-                    report = reaper.reap(self.connection, context.current().settings)
+                    report = reaper.reap(self.connection, self.settings)
                     if report.requeued or report.failed:
                         self.log.info(
                             "reaper: %d requeued, %d failed, %d checked",
@@ -153,17 +155,8 @@ class DownloadWorker(BaseWorker):
             self.log.warning("%s skipped, Redis unavailable: %s", what, exc)
 
     @property
-    def _reap_interval_s(self) -> float:
-        """REAPER_INTERVAL_S of the installed job context; no context (a bare worker): never."""
-        try:
-            return float(context.current().settings.reaper_interval_s)
-        except RuntimeError:
-            return math.inf
-
-    @property
     def _reap_due(self) -> bool:
-        interval = self._reap_interval_s
-        return interval != math.inf and time.monotonic() - self._last_reap >= interval
+        return time.monotonic() - self._last_reap >= self.settings.reaper_interval_s
 
     def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
         try:

@@ -73,7 +73,7 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
     """RQ entry point: deliver the job's terminal event until it succeeds or attempts run out."""
     ctx = context.current()
     conn, settings = ctx.redis, ctx.settings
-    job = _load(conn, job_id)
+    job = state.load(conn, job_id)
     if job is None or not job.callback_url or settings.webhook_secret is None:
         return None  # expired meanwhile, or webhooks switched off since: nothing to announce
     record = dict(job.webhook or {})
@@ -153,13 +153,6 @@ def _attempt(
     return status, f"HTTP {status}", status >= 500 or status in RETRYABLE_STATUSES
 
 
-def _load(conn: redis.Redis, job_id: str) -> state.JobRecord | None:
-    with conn.pipeline(transaction=False) as pipe:
-        state.queue_read(pipe, job_id)
-        fields, files = pipe.execute()
-    return state.JobRecord.from_redis(fields, files)
-
-
 def _record(conn: redis.Redis, job_id: str, record: dict[str, Any]) -> None:
     conn.eval(_RECORD_IF_EXISTS, 1, state.job_key(job_id), json.dumps(record))
 
@@ -177,7 +170,7 @@ def dead_letters(conn: redis.Redis) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for raw_id, failed_at in conn.zrange(DEAD_LETTERS_KEY, 0, -1, withscores=True):
         job_id = raw_id.decode()
-        job = _load(conn, job_id)
+        job = state.load(conn, job_id)
         if job is None or not job.webhook or job.webhook.get("state") != "failed":
             conn.zrem(DEAD_LETTERS_KEY, job_id)
             continue
@@ -195,7 +188,7 @@ def dead_letters(conn: redis.Redis) -> list[dict[str, Any]]:
 
 def redeliver(conn: redis.Redis, settings: Settings, job_id: str) -> bool:
     """Queue a dead letter again with the same event id (receivers de-duplicate by it)."""
-    job = _load(conn, job_id)
+    job = state.load(conn, job_id)
     if job is None or not job.webhook or job.webhook.get("state") != "failed":
         return False
     with conn.pipeline() as pipe:

@@ -103,15 +103,14 @@ async def initiate(request: Request) -> JSONResponse:
     claim = enqueue.Claim.make(
         res.settings, job.client, body.model_dump(exclude_none=True), _idempotency_key(request)
     )
+    retry_later = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
     try:
         earlier = await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job, claim)
     except enqueue.QueueFull:
-        retry = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
-        raise ApiError(503, "Too many jobs are waiting; retry later", retry) from None
+        raise ApiError(503, "Too many jobs are waiting; retry later", retry_later) from None
     except enqueue.TooManyActive as exc:
-        retry = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
         message = f"You already have {exc} unfinished jobs (PER_CLIENT_MAX_ACTIVE_JOBS); retry later"
-        raise ApiError(429, message, retry) from None
+        raise ApiError(429, message, retry_later) from None
     except enqueue.IdempotencyConflict:
         raise ApiError(422, "This Idempotency-Key was used with a different request body") from None
     extra: dict[str, str] = {}
