@@ -89,7 +89,7 @@ def test_unknown_and_expired_jobs(stack):
         wait_for(client, job_id)
         # what Redis expiry does after JOB_TTL_S: the job's keys vanish, the index remembers
         conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-        conn.delete(state.job_key(job_id), state.files_key(job_id))
+        conn.delete(state.job_key(job_id))
         gone = client.get(f"/v1/download/status/{job_id}")
         assert gone.status_code == 410
         assert gone.json()["error"] == "Gone"

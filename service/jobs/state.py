@@ -1,8 +1,9 @@
 """The job schema in Redis (docs/jobs.md describes it for operators).
 
 Keys, all under the `delineate:` prefix and all expiring JOB_TTL_S after the last write:
-- `job:{id}`         hash: the job's fields (below), the single source of truth for clients.
-- `job:{id}:files`   list: one JSON object per processed file, in processing order.
+- `job:{id}`         hash: the job's fields (below), the single source of truth for clients,
+                     and `file:{n}`, the JSON result of the n-th file (0-based) once processed:
+                     one HGETALL reads a whole job (the status route's one round trip).
 - `job:{id}:events`  stream: every state change, for SSE replay (entry ids are SSE ids).
 - `jobs`             sorted set: job id -> creation time; tells an expired job (410) from an
                      unknown one (404).
@@ -29,6 +30,7 @@ INDEX_KEY = PREFIX + "jobs"
 ACTIVE_KEY = PREFIX + "active"
 EVENTS_CHANNEL = PREFIX + "events"
 EVENTS_MAXLEN = 2_000
+FILE_FIELD = "file:"  # job hash fields file:0, file:1, ...: per-file results
 
 QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED, CANCELLED = (
     "queued",
@@ -43,10 +45,6 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 def job_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
-
-
-def files_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:files"
 
 
 def events_key(job_id: str) -> str:
@@ -113,10 +111,12 @@ class JobRecord:
         return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
-    def from_redis(cls, fields: dict[Any, Any], files: list[Any]) -> JobRecord | None:
+    def from_redis(cls, fields: dict[Any, Any]) -> JobRecord | None:
+        """The job from its HGETALL reply; None when the hash is gone (never existed or expired)."""
         if not fields:
             return None
         got = {text(k): text(v) for k, v in fields.items()}
+        files = sorted((int(k[len(FILE_FIELD) :]), v) for k, v in got.items() if k.startswith(FILE_FIELD))
         size = got.get("result_size")
         return cls(
             id=got["id"],
@@ -135,7 +135,7 @@ class JobRecord:
             traceparent=got.get("traceparent"),
             callback_url=got.get("callback_url"),
             webhook=json.loads(got["webhook"]) if got.get("webhook") else None,
-            files=[json.loads(text(item)) for item in files],
+            files=[json.loads(value) for _, value in files],
         )
 
 
@@ -172,10 +172,10 @@ def queue_update(pipe: Any, job_id: str, ttl_s: int, event: str, **fields: Any) 
 def queue_file_done(
     pipe: Any, job_id: str, ttl_s: int, result: dict[str, Any], done: int, total: int
 ) -> None:
-    """Record one processed file and the progress it makes."""
-    pipe.rpush(files_key(job_id), json.dumps(result))
-    pipe.expire(files_key(job_id), ttl_s)
-    pipe.hset(job_key(job_id), "done", str(done))
+    """Record the `done`-th file's result and the progress it makes (a retried run that redoes
+    a file overwrites its field: the index is the file's place in the job, not a counter)."""
+    pipe.hset(job_key(job_id), mapping={f"{FILE_FIELD}{done - 1}": json.dumps(result), "done": str(done)})
+    pipe.expire(job_key(job_id), ttl_s)
     queue_event(pipe, job_id, "progress", {"done": done, "total": total, "file": result}, ttl_s)
 
 
@@ -191,14 +191,5 @@ def queue_event(pipe: Any, job_id: str, event: str, data: dict[str, Any], ttl_s:
 
 
 def load(conn: Any, job_id: str) -> JobRecord | None:
-    """Read one job with a sync client (one round trip); None once it expired."""
-    with conn.pipeline(transaction=False) as pipe:
-        queue_read(pipe, job_id)
-        fields, files = pipe.execute()
-    return JobRecord.from_redis(fields, files)
-
-
-def queue_read(pipe: Any, job_id: str) -> None:
-    """Queue the two reads `JobRecord.from_redis(*results[-2:])` needs."""
-    pipe.hgetall(job_key(job_id))
-    pipe.lrange(files_key(job_id), 0, -1)
+    """Read one job with a sync client (one HGETALL); None once it expired."""
+    return JobRecord.from_redis(conn.hgetall(job_key(job_id)))

@@ -168,10 +168,7 @@ async def load_job(request: Request) -> state.JobRecord:
     except ValueError:
         raise ApiError(404, f"No job {raw!r}") from None
     res = resources(request)
-    async with res.redis.pipeline(transaction=False) as pipe:
-        state.queue_read(pipe, job_id)
-        fields, files = await pipe.execute()
-    job = state.JobRecord.from_redis(fields, files)
+    job = state.JobRecord.from_redis(await res.redis.hgetall(state.job_key(job_id)))
     if job is not None:
         return job
     if await res.redis.zscore(state.INDEX_KEY, job_id) is not None:

@@ -105,13 +105,13 @@ async def stream(request: Request) -> Response:
     try:
         key = state.events_key(job.id)
         async with res.redis.pipeline(transaction=True) as pipe:
-            state.queue_read(pipe, job.id)
+            pipe.hgetall(state.job_key(job.id))
             if last_event_id:
                 pipe.xrange(key, min=f"({last_event_id}")
             else:
                 pipe.xrevrange(key, count=2)
-            fields, files, raw = await pipe.execute()
-        current = state.JobRecord.from_redis(fields, files) or job
+            fields, raw = await pipe.execute()
+        current = state.JobRecord.from_redis(fields) or job
         backlog = decode(raw) if last_event_id else list(reversed(decode(raw)))
     except BaseException:
         hub.unsubscribe(subscription)
