@@ -54,7 +54,7 @@ def run_api(settings: Settings) -> None:
         workers=settings.api_workers,
         timeout_keep_alive=settings.uvicorn_keepalive_s,
         timeout_graceful_shutdown=10,
-        proxy_headers=False,  # ClientAddressMiddleware decides, with TRUSTED_PROXIES
+        proxy_headers=False,  # EdgeMiddleware decides, with TRUSTED_PROXIES
         server_header=False,
         access_log=False,
         log_config=None,

@@ -1,10 +1,11 @@
 """What the request telemetry costs per request, in-process (no network, no Redis).
 
-Runs a trivial ASGI endpoint N times bare, then wrapped in TelemetryMiddleware (metrics in
-prometheus-client multiprocess mode, as the API runs), then with tracing on as well (spans
-exported to an unreachable OTLP endpoint through the batch processor, never blocking the
-request). Prints microseconds per request for each, to compare with a bare Starlette + Redis
-GET (about 300 us per request at ~3,300 req/s, docs/observability.md).
+Runs a trivial ASGI endpoint N times bare, then wrapped in EdgeMiddleware (request id,
+headers, access log, metrics in prometheus-client multiprocess mode, as the API runs), then
+with tracing on as well (spans exported to an unreachable OTLP endpoint through the batch
+processor, never blocking the request). Prints microseconds per request for each, to
+compare with a bare Starlette + Redis GET (about 300 us per request at ~3,300 req/s,
+docs/observability.md).
 
     .venv/bin/python observability/bench/telemetry_overhead.py [requests]
 """
@@ -49,21 +50,24 @@ async def run(app, n: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def measure(mode: str, n: int) -> None:
-    from service.api.middleware import TelemetryMiddleware
+    from service.api.middleware import EdgeMiddleware
     from service.telemetry import tracing
+    from service.telemetry.logging import configure
+
+    configure("info", "json")  # the access log line as the API writes it (to stderr, discarded)
 
     if mode == "metrics":
         bare = asyncio.run(run(endpoint, n))
-        metered = asyncio.run(run(TelemetryMiddleware(endpoint), n))
+        metered = asyncio.run(run(EdgeMiddleware(endpoint), n))
         print(f"bare endpoint:                            {bare:7.2f} us/request")
-        print(f"+ TelemetryMiddleware (metrics):          {metered:7.2f} us/request")
+        print(f"+ EdgeMiddleware (log, headers, metrics): {metered:7.2f} us/request")
         return
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # the sink is unreachable
     ratio = 1.0 if mode == "traced" else 0.0
     tracing.setup("http://127.0.0.1:9", "bench", ratio)
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    app = OpenTelemetryMiddleware(TelemetryMiddleware(endpoint), exclude_spans=["receive", "send"])
+    app = OpenTelemetryMiddleware(EdgeMiddleware(endpoint), exclude_spans=["receive", "send"])
     traced = asyncio.run(run(app, n // 5))
     print(f"+ OpenTelemetry server span, ratio {ratio:.0f}:     {traced:7.2f} us/request")
 
@@ -74,7 +78,7 @@ def main() -> None:
         measure(sys.argv[2], int(n))
         return
     for mode in ("metrics", "traced", "unsampled"):  # one process each: tracing is per process
-        subprocess.run([sys.executable, __file__, n, mode], check=True)
+        subprocess.run([sys.executable, __file__, n, mode], check=True, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The API application: every route and middleware, wired explicitly in one place.
 
-A request travels: ClientAddress (real client IP from a trusted proxy) -> RequestContext
-(request id, security headers, access log) -> CORS -> RateLimit (shared budget in Redis) ->
-the route in routes/, which validates with schemas.py and talks to Redis (jobs/state.py,
-jobs/enqueue.py) or S3 (storage/s3.py).
+A request travels: Edge (real client IP from a trusted proxy, request id, security headers,
+metrics, access log) -> CORS -> RateLimit (shared budget in Redis) -> the route in routes/,
+which validates with schemas.py and talks to Redis (jobs/state.py, jobs/enqueue.py) or S3
+(storage/s3.py).
 """
 
 from __future__ import annotations
@@ -16,23 +16,18 @@ from importlib import resources as package_files
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.api import openapi
 from service.api.errors import HANDLERS
 from service.api.events import EventHub
-from service.api.middleware import (
-    ClientAddressMiddleware,
-    RateLimitMiddleware,
-    RequestContextMiddleware,
-    TelemetryMiddleware,
-)
+from service.api.middleware import CORSMiddleware, EdgeMiddleware, RateLimitMiddleware
 from service.api.ratelimit import RateLimiter
 from service.api.resources import Resources
+from service.api.responses import JSONResponse
 from service.api.routes import downloads, stream, system, ui
 from service.jobs.enqueue import QUEUES
 from service.settings import Settings, load_settings
@@ -121,9 +116,7 @@ def create_app(settings: Settings) -> Starlette:
 
     limiter = RateLimiter(resources.redis, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
     middleware = [
-        Middleware(ClientAddressMiddleware, trusted=settings.trusted_networks),
-        Middleware(TelemetryMiddleware),
-        Middleware(RequestContextMiddleware),
+        Middleware(EdgeMiddleware, trusted=settings.trusted_networks),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

@@ -9,8 +9,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from service.api.responses import JSONResponse
 from service.telemetry.logging import get_logger
 
 log = get_logger(__name__)

@@ -112,10 +112,15 @@ class JobRecord:
 
     @classmethod
     def from_redis(cls, fields: dict[Any, Any]) -> JobRecord | None:
-        """The job from its HGETALL reply; None when the hash is gone (never existed or expired)."""
+        """The job from its HGETALL reply, bytes (sync clients) or str (the API's async client);
+        None when the hash is gone (never existed or expired)."""
         if not fields:
             return None
-        got = {text(k): text(v) for k, v in fields.items()}
+        got = (
+            fields
+            if isinstance(next(iter(fields)), str)
+            else {k.decode(): v.decode() for k, v in fields.items()}
+        )
         files = sorted((int(k[len(FILE_FIELD) :]), v) for k, v in got.items() if k.startswith(FILE_FIELD))
         size = got.get("result_size")
         return cls(

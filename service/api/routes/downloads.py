@@ -10,10 +10,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from service.api.errors import ApiError, error_response
 from service.api.resources import resources
+from service.api.responses import JSONResponse
 from service.api.schemas import FileRequest, InitiateRequest, read_body
 from service.jobs import control, enqueue, state
 from service.jobs.tasks import pick_delay_s
@@ -117,7 +118,7 @@ async def initiate(request: Request) -> JSONResponse:
     if earlier:
         job.id, extra = earlier, {"Idempotent-Replayed": "true"}
         current = await res.redis.hget(state.job_key(earlier), "status")
-        job.status = current.decode() if current else job.status
+        job.status = current or job.status
     status_url = f"/v1/download/status/{job.id}"
     return JSONResponse(
         {

@@ -7,9 +7,9 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from service.api.resources import resources
+from service.api.responses import JSONResponse
 
 
 async def root(request: Request) -> JSONResponse:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from importlib import resources as package_files
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse
 
 from service.api.resources import resources
+from service.api.responses import JSONResponse
 
 PAGE = package_files.files("service.api") / "static" / "ui.html"
 
