@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import sse
 from tests.jobs import initiate, wait_for
+
+
+def open_streams(url: str) -> float:
+    """delineate_sse_connections as the API's /metrics reports it now."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return sum(sample.value for sample in families["delineate_sse_connections"].samples)
+
+
+def wait_until(check, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
 
 
 def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
@@ -113,3 +134,58 @@ def test_many_clients_share_one_subscription_and_all_get_the_end(make_stack):
         conn = redis.Redis.from_url(stack.env["REDIS_URL"])
         # one pub/sub subscriber for the events channel (the API process), not one per client
         assert conn.pubsub_numsub("delineate:events")[0][1] == 1
+
+
+def test_a_client_that_leaves_is_let_go_at_once(make_stack):
+    """Not at the next heartbeat (60 s here) nor at the stream's lifetime: at once."""
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="30000", DOWNLOAD_DELAY_MAX_MS="30000", SSE_HEARTBEAT_S="60")
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        clients = [stack.client() for _ in range(5)]
+        streams = [c.stream("GET", f"/v1/download/stream/{job_id}") for c in clients]
+        readers = [sse.read(stream.__enter__()) for stream in streams]  # kept: a dropped reader hangs up
+        assert [next(reader).event for reader in readers] == ["snapshot"] * 5
+        assert open_streams(stack.url) == 5
+        for stream, own in zip(streams, clients, strict=True):
+            stream.__exit__(None, None, None)
+            own.close()
+        assert wait_until(lambda: open_streams(stack.url) == 0, 3), open_streams(stack.url)
+
+
+def test_head_answers_the_headers_without_holding_a_stream(stack):
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        response = client.head(f"/v1/download/stream/{job_id}", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.content == b""
+        assert open_streams(stack.url) == 0
+
+
+def test_shutdown_ends_open_streams_cleanly_so_clients_resume(make_stack):
+    """SIGTERM: every stream gets a proper end (not a cut connection) and the process exits,
+    instead of waiting for streams that would run for minutes."""
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="30000", DOWNLOAD_DELAY_MAX_MS="30000", SSE_HEARTBEAT_S="60")
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+    outcomes: list[object] = []
+
+    def follow() -> None:
+        with stack.client() as own:
+            try:
+                _, items = sse.collect(own, job_id, timeout_s=20)
+                outcomes.append([e.event for e in sse.events(items)])
+            except httpx.HTTPError as exc:  # a cut stream: the server did not end it
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=follow) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: open_streams(stack.url) == 3, 10)
+    started = time.monotonic()
+    stack.api.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(15)
+    stack.api.process.wait(15)
+    assert outcomes == [["snapshot"]] * 3, outcomes
+    assert time.monotonic() - started < 10  # uvicorn did not sit out its graceful timeout

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 from typing import Any
 
-import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse
 
 from service.jobs import state
 from service.telemetry.logging import get_logger
@@ -41,7 +41,7 @@ class Subscription:
     """One stream's pending batches and at most one waiter.
 
     Lighter than an asyncio.Queue (three deques, ~2.2 KiB): thousands of streams hold one each.
-    An empty batch is a wake-up (shutdown). A cancelled `get` loses nothing.
+    An empty batch is a wake-up (see `wake`). A cancelled `get` loses nothing.
     """
 
     __slots__ = ("_batches", "_waiter", "job_id")
@@ -50,6 +50,10 @@ class Subscription:
         self.job_id = job_id
         self._batches: list[list[Entry]] = []
         self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        """End the stream's wait with an empty batch (shutdown, or its client left)."""
+        self.put([])
 
     def put(self, entries: list[Entry]) -> None:
         self._batches.append(entries)
@@ -88,14 +92,9 @@ class EventHub:
         self._dirty: set[str] = set()
         self._pulling: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self.closing: anyio.Event | None = None  # set by sse-starlette when the server shuts down
-
-    @property
-    def connections(self) -> int:
-        return sum(len(subs) for subs in self._subscribers.values())
+        self.closing = asyncio.Event()  # set when the server shuts down: streams end, clients resume
 
     async def start(self) -> None:
-        self.closing = anyio.Event()
         self._tasks = [
             asyncio.create_task(self._listen(), name="event-hub"),
             asyncio.create_task(self._wake_on_close(), name="event-hub-close"),
@@ -109,12 +108,18 @@ class EventHub:
                 await task
 
     async def _wake_on_close(self) -> None:
-        """On shutdown, wake every stream (an empty batch) so each ends cleanly."""
-        assert self.closing is not None
-        await self.closing.wait()
+        """On server shutdown, wake every stream so each ends cleanly and its client resumes.
+
+        uvicorn tells a streaming response nothing when it starts shutting down (it waits for
+        responses to finish, then for the lifespan). sse-starlette watches uvicorn's exit flag
+        (by patching Server.handle_exit, and through the SIGTERM handler's server when the patch
+        came too late); its watcher runs once per event loop and this waits on it.
+        """
+        await EventSourceResponse._listen_for_exit_signal()
+        self.closing.set()
         for subs in list(self._subscribers.values()):
             for subscription in subs:
-                subscription.put([])
+                subscription.wake()
 
     def subscribe(self, job_id: str) -> Subscription:
         subscription = Subscription(job_id)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +55,7 @@ HTTP_IN_PROGRESS = Gauge(
 )
 SSE_CONNECTIONS = Gauge(
     "delineate_sse_connections",
-    "Open SSE streams (GET /v1/download/stream/{job_id}); use `sse_connection()` around a stream.",
+    "Open SSE streams (GET /v1/download/stream/{job_id}).",
     multiprocess_mode="livesum",
 )
 RATE_LIMITED = Counter(
@@ -189,16 +188,6 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     pair[1].observe(seconds)
     if status >= 500:
         HTTP_SERVER_ERRORS.labels(route, str(status)).inc()
-
-
-@contextmanager
-def sse_connection() -> Iterator[None]:
-    """Count one open SSE stream for as long as the block runs."""
-    SSE_CONNECTIONS.inc()
-    try:
-        yield
-    finally:
-        SSE_CONNECTIONS.dec()
 
 
 def seconds_since(moment: str | datetime | None) -> float | None:

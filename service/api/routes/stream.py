@@ -4,9 +4,9 @@ A fresh client gets a `snapshot` (the full status) and then live events; a clien
 reconnects with Last-Event-ID gets exactly what it missed. Events: `status` (queued,
 processing, retrying), `progress` (a file finished), then one terminal event (`completed`,
 `failed` or `cancelled`) after which the stream ends. A heartbeat comment after each
-SSE_HEARTBEAT_S without an event keeps proxies from cutting an idle stream (sent by the event
-loop itself, not sse-starlette's ping task: one task per stream less); after SSE_MAX_STREAM_S,
-or when the process shuts down, the stream ends cleanly and the client resumes with Last-Event-ID.
+SSE_HEARTBEAT_S without an event keeps proxies from cutting an idle stream; after
+SSE_MAX_STREAM_S, or when the process shuts down, the stream ends cleanly and the client resumes
+with Last-Event-ID. Events that arrive together go out in one write (service/api/sse.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.events import Entry, EventHub, decode, stream_id
 from service.api.resources import resources
 from service.api.routes.downloads import load_job
+from service.api.sse import Chunk, EventStream
 from service.jobs import state
 from service.jobs.view import status_body
 from service.telemetry import metrics
@@ -73,12 +74,12 @@ def encoded(job_id: str, entry: Entry) -> bytes:
 
 def _opening(
     job_id: str, current: state.JobRecord, backlog: list[Entry], last_event_id: str | None, retry_ms: int
-) -> tuple[list[ServerSentEvent | bytes], str, bool]:
+) -> tuple[bytes, str, bool]:
     """What a stream sends before live events, the id sent up to, and whether that ends it.
 
     Fresh: the snapshot (and the terminal event when the job has ended). Resumed: the backlog.
     """
-    items: list[ServerSentEvent | bytes] = []
+    parts: list[bytes] = []
     if last_event_id:
         sent, to_send = last_event_id, backlog
     else:
@@ -86,14 +87,14 @@ def _opening(
         before = [e for e in backlog if e not in terminal]
         sent = before[-1][0] if before else "0-0"
         snapshot = json.dumps(status_body(current))
-        items.append(ServerSentEvent(data=snapshot, event="snapshot", id=sent, retry=retry_ms))
+        parts.append(ServerSentEvent(data=snapshot, event="snapshot", id=sent, retry=retry_ms).encode())
         to_send = terminal if current.finished else []
     for entry in to_send:
-        items.append(encoded(job_id, entry))
+        parts.append(encoded(job_id, entry))
         sent = entry[0]
         if entry[1]["event"] in state.TERMINAL:
-            return items, sent, True
-    return items, sent, False
+            return b"".join(parts), sent, True
+    return b"".join(parts), sent, False
 
 
 async def stream(request: Request) -> Response:
@@ -121,19 +122,17 @@ async def stream(request: Request) -> Response:
         return Response(status_code=204)  # nothing left to send: EventSource stops reconnecting
 
     settings = res.settings
-    assert hub.closing is not None
     job_id = job.id  # the stream keeps only what it still needs, not the job records (~1 KiB)
     opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
 
-    async def events() -> AsyncIterator[ServerSentEvent | bytes]:
+    async def chunks() -> AsyncIterator[Chunk]:
+        """The opening, then each batch of new events as one chunk, heartbeats when idle."""
         metrics.SSE_CONNECTIONS.inc()
         try:
-            sent = first_sent
-            for item in opening:
-                yield item
-            opening.clear()
+            yield opening, ended
             if ended:
                 return
+            sent = first_sent
             deadline = time.monotonic() + settings.sse_max_stream_s
             while not hub.closing.is_set():
                 left = deadline - time.monotonic()
@@ -142,25 +141,27 @@ async def stream(request: Request) -> Response:
                 entries = await subscription.get(min(settings.sse_heartbeat_s, left))
                 if entries is None:  # quiet for a heartbeat interval (or the lifetime is up)
                     if time.monotonic() < deadline:
-                        yield HEARTBEAT
+                        yield HEARTBEAT, False
                     continue
-                if not entries:  # shutting down: end cleanly, the client resumes
+                if not entries:  # shutting down or the client left: end cleanly
                     return
+                parts = []
                 for entry in entries:
                     if stream_id(entry[0]) <= stream_id(sent):
                         continue
-                    yield encoded(job_id, entry)
+                    parts.append(encoded(job_id, entry))
                     sent = entry[0]
                     if entry[1]["event"] in state.TERMINAL:
+                        yield b"".join(parts), True
                         return
+                if parts:
+                    yield b"".join(parts), False
         finally:
-            hub.unsubscribe(subscription)
             metrics.SSE_CONNECTIONS.dec()
 
-    return EventSourceResponse(
-        events(),
+    return EventStream(
+        chunks(),
         headers=HEADERS,
-        ping=0,  # heartbeats come from events() when it is idle: one task per stream less
-        shutdown_event=hub.closing,
-        shutdown_grace_period=1.0,
+        on_disconnect=subscription.wake,
+        on_close=lambda: hub.unsubscribe(subscription),
     )

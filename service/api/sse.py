@@ -1,0 +1,76 @@
+"""A Server-Sent Events response that streams from the request's own task.
+
+sse-starlette's EventSourceResponse runs every stream as an anyio task group of three tasks
+(the stream, a disconnect listener, a shutdown listener) and puts a cancel scope and a lock
+around each send. With 5,000 open streams that machinery was about 40 % of the API's CPU when
+many jobs ended at once, and about a third of each connection's memory
+(loadtest/bench_sse.py). Here a stream is the request's task plus one small task waiting on
+`receive()`, so that a client who goes away is noticed at once rather than at the next write;
+events are still encoded by sse-starlette's ServerSentEvent (service/api/routes/stream.py).
+
+The source yields chunks of already-encoded events with a flag telling whether the stream
+ends with them: the last event and the end of the chunked body go out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+Chunk = tuple[bytes, bool]  # encoded events, and whether the stream ends with them
+
+
+class EventStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[Chunk],
+        *,
+        headers: Mapping[str, str],
+        on_disconnect: Callable[[], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        """`on_disconnect` must make `chunks` end soon (wake its wait); `on_close` always runs
+        once the response is over, also when `chunks` never started (HEAD, an early error)."""
+        self.chunks = chunks
+        self.on_disconnect = on_disconnect
+        self.on_close = on_close
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            if scope["method"] == "HEAD":  # headers only: a HEAD must not hold a stream open
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            watcher = asyncio.ensure_future(self._watch(receive))
+            try:
+                await self._stream(send)
+            finally:
+                watcher.cancel()
+        finally:
+            self.on_close()
+            await self.chunks.aclose()
+
+    async def _stream(self, send: Send) -> None:
+        async for data, last in self.chunks:
+            await send({"type": "http.response.body", "body": data, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive) -> None:
+        """Wait for the client to go away (a GET's body, if any, is read and dropped)."""
+        with contextlib.suppress(OSError):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        self.on_disconnect()
