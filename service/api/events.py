@@ -38,34 +38,42 @@ def decode(entries: list[Any]) -> list[Entry]:
 
 
 class Subscription:
-    """One stream's pending batches and at most one waiter.
+    """One stream's pending entries and at most one waiter.
 
     Lighter than an asyncio.Queue (three deques, ~2.2 KiB): thousands of streams hold one each.
-    An empty batch is a wake-up (see `wake`). A cancelled `get` loses nothing.
+    A cancelled `get` loses nothing.
     """
 
-    __slots__ = ("_batches", "_waiter", "job_id")
+    __slots__ = ("_entries", "_waiter", "ended", "job_id")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        self._batches: list[list[Entry]] = []
+        self._entries: list[Entry] = []
         self._waiter: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        """End the stream's wait with an empty batch (shutdown, or its client left)."""
-        self.put([])
+        self.ended = False
 
     def put(self, entries: list[Entry]) -> None:
-        self._batches.append(entries)
+        self._entries.extend(entries)
+        self._wake_waiter()
+
+    def wake(self) -> None:
+        """End the stream (shutdown, or its client left): `get` answers [] from now on."""
+        self.ended = True
+        self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def get(self, timeout_s: float) -> list[Entry] | None:
-        """The next batch, or None after `timeout_s` without one.
+        """Every entry put since the last call, or None after `timeout_s` without any, or []
+        once ended (entries put before the end are still handed out first).
 
-        A timer on the waiter rather than a cancel scope: one handle, not a scope per wait.
+        All at once rather than batch by batch: a stream that fell behind (many jobs changing
+        together) catches up in one write. A timer on the waiter rather than a cancel scope:
+        one handle, not a scope per wait.
         """
-        if not self._batches:
+        if not self._entries and not self.ended:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(timeout_s, _expire, waiter)
@@ -74,9 +82,10 @@ class Subscription:
             finally:
                 timer.cancel()
                 self._waiter = None
-            if not self._batches:
+            if not self._entries and not self.ended:
                 return None
-        return self._batches.pop(0)
+        entries, self._entries = self._entries, []
+        return entries
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
