@@ -43,6 +43,7 @@ class EventStream(Response):
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
+        self._watcher: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -52,11 +53,10 @@ class EventStream(Response):
             if scope["method"] == "HEAD":  # headers only: a HEAD must not hold a stream open
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            watcher = asyncio.ensure_future(self._watch(receive))
-            try:
-                await self._stream(send)
-            finally:
-                watcher.cancel()
+            # Not cancelled at the end (a cancellation costs more than the rest of the watcher):
+            # once the response is complete, or the connection gone, `receive()` returns.
+            self._watcher = asyncio.ensure_future(self._watch(receive))
+            await self._stream(send)
         finally:
             self.on_close()
             await self.chunks.aclose()

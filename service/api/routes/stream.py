@@ -146,8 +146,9 @@ async def stream(request: Request) -> Response:
                 if not entries:  # shutting down or the client left: end cleanly
                     return
                 parts = []
+                sent_id = stream_id(sent)
                 for entry in entries:
-                    if stream_id(entry[0]) <= stream_id(sent):
+                    if stream_id(entry[0]) <= sent_id:  # already in the opening
                         continue
                     parts.append(encoded(job_id, entry))
                     sent = entry[0]
