@@ -24,7 +24,7 @@ from service.api.errors import error_body
 from service.api.ratelimit import RateLimiter
 from service.api.responses import JSONResponse
 from service.telemetry import metrics, tracing
-from service.telemetry.logging import get_logger
+from service.telemetry.logging import access_logger, get_logger
 
 log = get_logger("service.api")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -86,6 +86,7 @@ class EdgeMiddleware:
         self.app = app
         self.trusted = tuple(trusted)
         self.with_trace_header = tracing.enabled()
+        self.access = access_logger()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,13 +139,14 @@ class EdgeMiddleware:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.observe_request(route, scope["method"], status, elapsed)
-            log.info(
+            self.access.info(
                 "request",
                 method=scope["method"],
                 route=route,
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
                 client=(scope.get("client") or ("-",))[0],
+                request_id=request_id,
             )
             structlog.contextvars.unbind_contextvars("request_id")
 
