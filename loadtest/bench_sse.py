@@ -19,16 +19,17 @@ figures (it is conservative: a receive timestamp can only be late).
 
     .venv/bin/python loadtest/bench_sse.py [--subscribers 5000] [--jobs 50] [--batch 500]
 
-Measured 2026-11-29, shared 2-core box (load 1.3-1.7), 5000 streams over 50 jobs, one API process:
-- RSS 40.0-40.2 KiB per connection (ratio 1.00, on the line; 52.9 KiB before the SSE changes
-  that came with this script). Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
-- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.45 s, about 15,000
-  events + 5,000 stream ends in one burst): p50 267-424 ms, p99 607-804 ms (FAIL, ratio 2.4-3.2).
-  The API is CPU-bound for the whole burst (its CPU ~= 100% of the window); a job's own 100
-  subscribers get its terminal event within 5-19 ms of each other, and the first job to finish
-  is delivered in 11-14 ms: the delay is queueing behind the other jobs' fan-out.
-  --jobs 1 (5000 on one job): p99 ~1.0 s; its 5000 terminal events take ~230-270 ms alone.
-- Spread completions (--delay-ms 1000-10000, 50 jobs over ~12 s): p50 7.3 ms, p99 24.8 ms (PASS).
+Measured 2026-11-29 (second session, a machine about half as fast), 5000 streams over 50
+jobs, one API process, with the single-task SSE response (service/api/sse.py):
+- RSS 21.6-21.9 KiB per connection (ratio 0.54; 38.4 with sse-starlette's task group per
+  stream on the same machine, 52.9 before the previous session's SSE changes). Redis PUBSUB
+  NUMSUB delineate:events = 1 with 5000 streams.
+- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.7 s): p50
+  232-473 ms, p99 452-739 ms (FAIL; 1,239 ms at the session's start). The API is CPU-bound for
+  the whole burst, about 220 us of CPU per subscriber for its last events and its close (the
+  access log line, metrics, uvicorn's end of response and the client's close among them).
+  --jobs 1 (5000 on one job): p99 565 ms (about 1.0 s before).
+- Spread completions (--delay-ms 1000-10000, 50 jobs over ~12 s): p50 15 ms, p99 45-52 ms (PASS).
 Runs where the line "API CPU ... % of the window" is far below 100% were starved by other
 processes on the machine; discard those.
 """
