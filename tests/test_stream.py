@@ -44,6 +44,8 @@ def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
         assert progress == [1, 2, 3][-len(progress) :] and progress[-1] == 3
         assert got[-1].event == "completed"
         assert got[-1].json()["downloadUrl"] == f"/v1/download/{job_id}/file"
+        processing = [e.json() for e in got if e.event == "status" and e.json()["status"] == "processing"]
+        assert processing and "startedAt" in processing[0] and "started_at" not in processing[0]
         assert all(e.id for e in got)
         ids = [e.id for e in got]
         assert len(set(ids)) == len(ids)

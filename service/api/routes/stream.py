@@ -50,10 +50,15 @@ def present(job_id: str, entry: Entry) -> ServerSentEvent:
         total = data["total"] or 1
         payload = {**data, "percent": round(100 * data["done"] / total, 1)}
         name = "progress"
-    else:
-        payload = {"jobId": job_id, **data}
+    else:  # stored field names (started_at) as the status JSON spells them (startedAt)
+        payload = {"jobId": job_id, **{_camel(key): value for key, value in data.items()}}
         name = "status"
     return ServerSentEvent(data=json.dumps(payload), event=name, id=entry_id)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 _ENCODED: dict[tuple[str, str], bytes] = {}
