@@ -8,7 +8,7 @@ import redis
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from service.redis_client import async_client, sync_client
+from service.redis_client import TurnPipeline, async_client, sync_client
 from service.settings import Settings
 from service.storage.s3 import Storage
 
@@ -17,15 +17,18 @@ from service.storage.s3 import Storage
 class Resources:
     settings: Settings
     redis: aioredis.Redis  # the event loop's client
+    batched: TurnPipeline  # the same client, one pipeline per event-loop turn (hot reads)
     sync_redis: redis.Redis  # RQ's (it is synchronous; used from the thread pool)
     storage: Storage
 
     @classmethod
     def open(cls, settings: Settings) -> Resources:
         assert settings.redis_url, "REDIS_URL must be set for the API"
+        client = async_client(settings.redis_url)
         return cls(
             settings=settings,
-            redis=async_client(settings.redis_url),
+            redis=client,
+            batched=TurnPipeline(client),
             sync_redis=sync_client(settings.redis_url),
             storage=Storage.from_settings(settings, pool_size=50),
         )

@@ -1,0 +1,74 @@
+"""TurnPipeline: commands of one event-loop turn share a pipeline, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from service.redis_client import TurnPipeline, async_client
+
+
+def test_callers_in_one_turn_share_one_round_trip_and_each_gets_its_reply(redis_factory):
+    server = redis_factory()
+    sync = redis.Redis.from_url(server.url)
+    for n in range(50):
+        sync.hset(f"job:{n}", mapping={"id": str(n), "status": "queued"})
+    sync.set("plain", "x")
+
+    async def main() -> tuple[list[object], int, int]:
+        client = async_client(server.url)
+        batched = TurnPipeline(client)
+        calls = [batched.execute("HGETALL", f"job:{n}") for n in range(50)]
+        calls.append(batched.execute("HGETALL", "plain"))  # WRONGTYPE: this caller's error only
+        calls.append(batched.execute("HGETALL", "missing"))
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        reads = sync.info("commandstats")["cmdstat_hgetall"]["calls"]
+        clients = sync.info("clients")["connected_clients"]
+        await client.aclose()
+        return replies, reads, clients
+
+    replies, reads, clients = asyncio.run(main())
+    assert replies[:50] == [{"id": str(n), "status": "queued"} for n in range(50)]
+    assert isinstance(replies[50], ResponseError) and "WRONGTYPE" in str(replies[50])
+    assert replies[51] == {}
+    assert reads == 52
+    # this test's sync client and one connection for all 52 reads (52 concurrent commands of
+    # their own would each have taken a pooled connection)
+    assert clients == 2
+
+
+def test_every_caller_hears_that_redis_is_down(redis_factory):
+    server = redis_factory()
+    url = server.url
+    server.stop()
+
+    async def main() -> list[object]:
+        client = async_client(url)
+        batched = TurnPipeline(client)
+        replies = await asyncio.gather(
+            *[batched.execute("HGETALL", f"k{n}") for n in range(5)], return_exceptions=True
+        )
+        await client.aclose()
+        return replies
+
+    replies = asyncio.run(main())
+    assert len(replies) == 5
+    for reply in replies:
+        assert isinstance(reply, RedisError), reply
+
+
+def test_later_turns_get_their_own_pipeline(redis_factory):
+    turns = 3
+    server = redis_factory()
+    redis.Redis.from_url(server.url).set("k", "v")
+
+    async def main() -> list[object]:
+        client = async_client(server.url)
+        batched = TurnPipeline(client)
+        got = [await batched.execute("GET", "k") for _ in range(turns)]  # one after another
+        await client.aclose()
+        return got
+
+    assert asyncio.run(main()) == ["v"] * turns
