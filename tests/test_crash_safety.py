@@ -6,6 +6,7 @@ no queue and no registry is requeued after the grace period and not before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -31,6 +32,7 @@ from rq.results import Result
 
 from service import embedded
 from service.jobs import enqueue, reaper, state
+from service.redis_client import async_client
 from service.settings import Settings, load_settings
 from tests import sse
 from tests.conftest import base_env
@@ -78,7 +80,15 @@ def _create(conn: redis.Redis, settings: Settings) -> str:
         client="127.0.0.1",
         queue=enqueue.SMALL_QUEUE,
     )
-    assert enqueue.enqueue(conn, settings, job) is None
+
+    async def create() -> str | None:
+        aconn = async_client(settings.redis_url)
+        try:
+            return await enqueue.enqueue(aconn, conn, settings, job)
+        finally:
+            await aconn.aclose()
+
+    assert asyncio.run(create()) is None
     return job.id
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 from rq import Callback, Queue, Retry
 
 from service.jobs import state, tasks
@@ -76,36 +77,45 @@ class Claim:
         return None
 
 
-def enqueue(
-    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None = None
+async def enqueue(
+    aconn: aioredis.Redis,
+    conn: redis.Redis,
+    settings: Settings,
+    job: state.JobRecord,
+    claim: Claim | None = None,
 ) -> str | None:
     """Queue `job`, or return the id of the job an earlier identical request created.
 
-    Blocking (RQ is synchronous): the API calls it from its thread pool. The claim is checked
-    under WATCH and written in the same MULTI as the job, so two racing repeats make one job.
-    Returns None when `job` was queued.
+    Runs on the API's event loop with its async client `aconn`; RQ (synchronous) only builds
+    its commands, on a pipeline of `conn` that is never sent (no thread pool hop per initiate).
+    The claim is checked under WATCH and written in the same MULTI as the job, so two racing
+    repeats make one job. Returns None when `job` was queued.
     """
-    if settings.queue_max_depth and _DEPTH.over(conn, settings.queue_max_depth):
+    if settings.queue_max_depth and await _DEPTH.over(aconn, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
     while True:
         try:
-            return _enqueue_once(conn, settings, job, claim)
-        except redis.WatchError:
+            return await _enqueue_once(aconn, conn, settings, job, claim)
+        except WatchError:
             continue
 
 
-def _enqueue_once(
-    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
+async def _enqueue_once(
+    aconn: aioredis.Redis,
+    conn: redis.Redis,
+    settings: Settings,
+    job: state.JobRecord,
+    claim: Claim | None,
 ) -> str | None:
-    queue = _queue(job.queue, conn)
-    retry = Retry(max=settings.job_max_retries) if settings.job_max_retries else None
-    with tracing.producer_span(job.queue, job.id), conn.pipeline() as pipe:
+    with tracing.producer_span(job.queue, job.id):
         # the worker continues this trace (tasks.process_download)
         job.traceparent = job.traceparent or tracing.current_traceparent()
+        script = _writes(conn, settings, job, claim)
+    async with aconn.pipeline(transaction=True) as pipe:
         if claim:
-            pipe.watch(claim.key)
-            existing = pipe.get(claim.key)
+            await pipe.watch(claim.key)
+            existing = await pipe.get(claim.key)
             if existing:
                 earlier = json.loads(existing)
                 if earlier["fingerprint"] != claim.fingerprint:
@@ -114,19 +124,37 @@ def _enqueue_once(
         limit = settings.per_client_max_active_jobs
         if limit and job.client:
             active_key = state.client_active_key(job.client)
-            pipe.watch(active_key)
-            if pipe.zcard(active_key) >= limit:
-                pipe.unwatch()
-                if prune_active(conn, active_key) >= limit:
+            await pipe.watch(active_key)
+            if await pipe.zcard(active_key) >= limit:
+                await pipe.unwatch()
+                if await prune_active(aconn, active_key) >= limit:
                     metrics.JOBS_REJECTED.labels("client_limit").inc()
                     raise TooManyActive(limit)
-                raise redis.WatchError  # pruned: count again under WATCH
+                raise WatchError  # pruned: count again under WATCH
         pipe.multi()
+        pipe.execute_command(*script)
+        await pipe.execute()
+    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    _DEPTH.added(aconn)
+    return None
+
+
+def _writes(
+    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
+) -> tuple[Any, ...]:
+    """Every write of a new job (ours and RQ's own) as one EVAL command.
+
+    RQ's enqueue_call records its commands on a pipeline of the sync client, which is never
+    executed: nothing here talks to Redis.
+    """
+    retry = Retry(max=settings.job_max_retries) if settings.job_max_retries else None
+    with conn.pipeline() as writes:
+        writes.multi()  # RQ expects a pipeline in MULTI mode
         if claim:
             record = {"jobId": job.id, "fingerprint": claim.fingerprint}
-            pipe.set(claim.key, json.dumps(record), ex=claim.ttl_s)
-        state.queue_create(pipe, job, settings.job_ttl_s)
-        queue.enqueue_call(
+            writes.set(claim.key, json.dumps(record), ex=claim.ttl_s)
+        state.queue_create(writes, job, settings.job_ttl_s)
+        _queue(job.queue, conn).enqueue_call(
             TASK,
             args=(job.id,),
             job_id=job.id,
@@ -135,13 +163,9 @@ def _enqueue_once(
             failure_ttl=settings.job_ttl_s,
             retry=retry,
             on_failure=Callback(tasks.on_failure),
-            pipeline=pipe,
+            pipeline=writes,
         )
-        _as_one_script(pipe)
-        pipe.execute()
-    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
-    _DEPTH.added(conn)
-    return None
+        return _as_one_script(writes)
 
 
 # Runs the commands packed in ARGV as (count, command, args...)*, in order.
@@ -156,36 +180,37 @@ return 0
 """
 
 
-def _as_one_script(pipe: redis.client.Pipeline) -> None:
-    """Replace the ~15 queued writes (ours and RQ's own) by one EVAL that runs exactly them.
+def _as_one_script(pipe: redis.client.Pipeline) -> tuple[Any, ...]:
+    """The ~15 queued writes (ours and RQ's own) as one EVAL that runs exactly them.
 
-    Still inside MULTI/EXEC, under the same WATCH; Redis writes what it wrote before, but the
-    client packs and parses three commands instead of ~17 (a third of an initiate's CPU).
+    Sent inside MULTI/EXEC, under the same WATCH; Redis writes what it would have written
+    command by command, but the client packs and parses three commands instead of ~17 (a third
+    of an initiate's CPU). Depends on redis-py's `Pipeline.command_stack`.
     """
     packed: list[Any] = []
     for args, _options in pipe.command_stack:
         packed += (len(args), *args)
-    pipe.command_stack = [(("EVAL", RUN_ALL, 0, *packed), {})]
+    return ("EVAL", RUN_ALL, 0, *packed)
 
 
-def prune_active(conn: redis.Redis, key: str) -> int:
+async def prune_active(aconn: aioredis.Redis, key: str) -> int:
     """Drop finished or expired jobs from an active-jobs set; returns how many remain.
 
     Jobs are added when created and only removed here, lazily: a set that is never trusted
     cannot leak a slot when a worker dies before it could say a job ended.
     """
-    members = conn.zrange(key, 0, -1)
-    with conn.pipeline(transaction=False) as pipe:
+    members = await aconn.zrange(key, 0, -1)
+    async with aconn.pipeline(transaction=False) as pipe:
         for member in members:
-            pipe.hget(state.job_key(member.decode()), "status")
-        statuses = pipe.execute()
+            pipe.hget(state.job_key(state.text(member)), "status")
+        statuses = await pipe.execute()
     done = [
         m
         for m, status in zip(members, statuses, strict=True)
-        if status is None or status.decode() in state.TERMINAL
+        if status is None or state.text(status) in state.TERMINAL
     ]
     if done:
-        conn.zrem(key, *done)
+        await aconn.zrem(key, *done)
     return len(members) - len(done)
 
 
@@ -195,38 +220,34 @@ class _RecentDepth:
     A depth read less than DEPTH_MAX_AGE_S ago, plus the jobs this process queued since, is
     trusted while it is under 90% of the limit; closer to the limit every request reads the
     depth again, so the refusal itself stays exact. Other API processes' jobs can go unseen
-    for at most DEPTH_MAX_AGE_S while the queue is far from full.
+    for at most DEPTH_MAX_AGE_S while the queue is far from full. Used from the event loop only.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # enqueue() runs in the API's thread pool
-        self._conn: redis.Redis | None = None
+        self._conn: aioredis.Redis | None = None
         self._read_at = 0.0
         self._depth = 0
 
-    def over(self, conn: redis.Redis, limit: int) -> bool:
+    async def over(self, aconn: aioredis.Redis, limit: int) -> bool:
         now = time.monotonic()
-        with self._lock:
-            if self._conn is conn and now - self._read_at < DEPTH_MAX_AGE_S and self._depth < 0.9 * limit:
-                return False
-        value = depth(conn)
-        with self._lock:
-            self._conn, self._read_at, self._depth = conn, now, value
+        if self._conn is aconn and now - self._read_at < DEPTH_MAX_AGE_S and self._depth < 0.9 * limit:
+            return False
+        value = await depth(aconn)
+        self._conn, self._read_at, self._depth = aconn, now, value
         return value >= limit
 
-    def added(self, conn: redis.Redis) -> None:
-        with self._lock:
-            if self._conn is conn:
-                self._depth += 1
+    def added(self, aconn: aioredis.Redis) -> None:
+        if self._conn is aconn:
+            self._depth += 1
 
 
 DEPTH_MAX_AGE_S = 0.1
 _DEPTH = _RecentDepth()
 
 
-def depth(conn: redis.Redis) -> int:
+async def depth(aconn: aioredis.Redis) -> int:
     """Jobs waiting across the download queues."""
-    with conn.pipeline(transaction=False) as pipe:
+    async with aconn.pipeline(transaction=False) as pipe:
         for name in QUEUES:
-            pipe.llen(_queue(name, conn).key)
-        return sum(pipe.execute())
+            pipe.llen(Queue.redis_queue_namespace_prefix + name)
+        return sum(await pipe.execute())

@@ -108,7 +108,7 @@ async def initiate(request: Request) -> JSONResponse:
     )
     retry_later = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
     try:
-        earlier = await run_in_threadpool(enqueue.enqueue, res.sync_redis, res.settings, job, claim)
+        earlier = await enqueue.enqueue(res.redis, res.sync_redis, res.settings, job, claim)
     except enqueue.QueueFull:
         raise ApiError(503, "Too many jobs are waiting; retry later", retry_later) from None
     except enqueue.TooManyActive as exc:
