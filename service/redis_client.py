@@ -52,25 +52,36 @@ def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Re
 class TurnPipeline:
     """Commands issued during one event-loop turn, sent to Redis as one pipeline.
 
-    Under load dozens of requests read a job in the same turn; one pipeline answers all of
-    them with one connection, one write and one read, where separate commands cost the client
-    about twice as much each (acquire, pack, timeout, parse). Each caller still gets its own
-    reply or its own error. The rate limiter (api/ratelimit.py) batches the same way.
+    Under load dozens of requests read a job or count a rate-limit hit in the same turn; one
+    pipeline answers all of them with one connection, one write and one read, where separate
+    commands cost the client about twice as much each (acquire, pack, timeout, parse). Commands
+    run in the order they were queued, and each caller gets its own reply or its own error.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._pending: list[tuple[tuple[object, ...], asyncio.Future[Any]]] | None = None
+        self._pending: list[tuple[tuple[object, ...], asyncio.Future[Any] | None]] | None = None
         self._runs: set[asyncio.Task[None]] = set()  # keep running pipelines referenced
 
     async def execute(self, *args: object) -> Any:
-        loop = asyncio.get_running_loop()
+        """Run one command with this turn's others; its reply, or its error raised."""
+        return await self.submit(*args)
+
+    def submit(self, *args: object) -> asyncio.Future[Any]:
+        """Queue one command; the future gets its reply or its error."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(args, future)
+        return future
+
+    def send(self, *args: object) -> None:
+        """Queue one command whose reply nobody waits for (an EXPIRE after an INCR)."""
+        self._queue(args, None)
+
+    def _queue(self, args: tuple[object, ...], future: asyncio.Future[Any] | None) -> None:
         if self._pending is None:
             self._pending = []
-            loop.call_soon(self._flush)  # after every request already runnable in this turn
-        future: asyncio.Future[Any] = loop.create_future()
+            asyncio.get_running_loop().call_soon(self._flush)  # after all that is runnable now
         self._pending.append((args, future))
-        return await future
 
     def _flush(self) -> None:
         pending, self._pending = self._pending or [], None
@@ -78,27 +89,22 @@ class TurnPipeline:
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
-    async def _run(self, pending: list[tuple[tuple[object, ...], asyncio.Future[Any]]]) -> None:
+    async def _run(self, pending: list[tuple[tuple[object, ...], asyncio.Future[Any] | None]]) -> None:
+        # Until Redis answers, every caller's answer is an error: also when this is cancelled
+        # (shutdown), no caller may wait forever.
+        replies: list[Any] = [ConnectionError("the Redis pipeline did not answer")] * len(pending)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for args, _ in pending:
                     pipe.execute_command(*args)
                 replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # also when cancelled: no caller may wait forever
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionLost())
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), reply in zip(pending, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-
-class RedisConnectionLost(ConnectionError):
-    """The pipeline carrying this command was cancelled before Redis answered."""
+        except Exception as exc:
+            replies = [exc] * len(pending)
+        finally:
+            for (_, future), reply in zip(pending, replies, strict=True):
+                if future is None or future.done():
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)

@@ -72,3 +72,21 @@ def test_later_turns_get_their_own_pipeline(redis_factory):
         return got
 
     assert asyncio.run(main()) == ["v"] * turns
+
+
+def test_a_command_sent_without_a_reply_runs_in_order_with_the_others(redis_factory):
+    """What the rate limiter relies on: INCR then PEXPIRE on the counter it just made."""
+    server = redis_factory()
+
+    async def main() -> int:
+        client = async_client(server.url)
+        batched = TurnPipeline(client)
+        counted = batched.submit("INCR", "hits")
+        batched.send("PEXPIRE", "hits", 60_000)
+        count = await counted
+        await batched.execute("PING")  # the next turn: the PEXPIRE has run by now
+        await client.aclose()
+        return count
+
+    assert asyncio.run(main()) == 1
+    assert 0 < redis.Redis.from_url(server.url).pttl("hits") <= 60_000

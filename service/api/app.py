@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> Starlette:
         await resources.close()
         metrics.mark_process_dead()
 
-    limiter = RateLimiter(resources.redis, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
+    limiter = RateLimiter(resources.batched, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
     middleware = [
         Middleware(EdgeMiddleware, trusted=settings.trusted_networks),
         Middleware(
