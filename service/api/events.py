@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -21,20 +20,14 @@ from service.jobs import state
 from service.telemetry.logging import get_logger
 
 log = get_logger(__name__)
-Entry = tuple[str, dict[str, str]]  # (stream id, {"event": ..., "data": ...})
+# (stream id, {"event": ..., "data": ...}): an XRANGE entry as the API's client returns it (str)
+Entry = tuple[str, dict[str, str]]
 
 
 def stream_id(value: str) -> tuple[int, int]:
     """Redis Stream ids compare as (milliseconds, sequence)."""
     millis, _, seq = value.partition("-")
     return int(millis), int(seq or 0)
-
-
-def decode(entries: list[Any]) -> list[Entry]:
-    return [
-        (state.text(entry_id), {state.text(k): state.text(v) for k, v in fields.items()})
-        for entry_id, fields in entries or []
-    ]
 
 
 class Subscription:
@@ -155,7 +148,7 @@ class EventHub:
                 for job_id in list(self._subscribers):  # catch up on what an outage hid
                     self._notify(job_id)
                 async for message in pubsub.listen():
-                    job_id = state.text(message["data"])
+                    job_id = message["data"]
                     if job_id in self._subscribers:
                         self._notify(job_id)
             except (RedisError, OSError) as exc:
@@ -178,8 +171,9 @@ class EventHub:
             while job_id in self._dirty and job_id in self._subscribers:
                 self._dirty.discard(job_id)
                 cursor = self._cursors.get(job_id)
-                raw = await self.redis.xrange(state.events_key(job_id), min=f"({cursor}" if cursor else "-")
-                entries = decode(raw)
+                entries = await self.redis.xrange(
+                    state.events_key(job_id), min=f"({cursor}" if cursor else "-"
+                )
                 if not entries or job_id not in self._subscribers:
                     continue
                 self._cursors[job_id] = entries[-1][0]

@@ -95,11 +95,7 @@ class EdgeMiddleware:
         started = time.perf_counter()
         if self.trusted and (chosen := client_address(scope, self.trusted)):
             scope["client"] = (chosen, 0)
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")
-                break
+        request_id = Headers(scope=scope).get("x-request-id", "")
         if not REQUEST_ID.match(request_id):
             request_id = str(uuid.uuid4())
         state = scope.setdefault("state", {})

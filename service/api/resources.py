@@ -18,7 +18,7 @@ class Resources:
     settings: Settings
     redis: aioredis.Redis  # the event loop's client
     batched: TurnPipeline  # the same client, one pipeline per event-loop turn (hot reads)
-    sync_redis: redis.Redis  # RQ's (it is synchronous; used from the thread pool)
+    sync_redis: redis.Redis  # RQ's (synchronous): cancellation in the thread pool, enqueue's recording
     storage: Storage
 
     @classmethod

@@ -202,12 +202,10 @@ async def prune_active(aconn: aioredis.Redis, key: str) -> int:
     members = await aconn.zrange(key, 0, -1)
     async with aconn.pipeline(transaction=False) as pipe:
         for member in members:
-            pipe.hget(state.job_key(state.text(member)), "status")
+            pipe.hget(state.job_key(member), "status")
         statuses = await pipe.execute()
     done = [
-        m
-        for m, status in zip(members, statuses, strict=True)
-        if status is None or state.text(status) in state.TERMINAL
+        m for m, status in zip(members, statuses, strict=True) if status is None or status in state.TERMINAL
     ]
     if done:
         await aconn.zrem(key, *done)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 import uuid
 from typing import Any
@@ -25,7 +24,6 @@ from service.storage.s3 import source_key
 from service.webhooks import guard
 
 SUCCESSOR = "/v1/download/initiate"
-CANONICAL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 DEPRECATION_HEADERS = {
     "Deprecation": "true",
     "Link": f'<{SUCCESSOR}>; rel="successor-version", </docs>; rel="deprecation"',
@@ -166,13 +164,10 @@ def _idempotency_key(request: Request) -> str | None:
 async def load_job(request: Request) -> state.JobRecord:
     """The job named in the path, or 404 (never existed) / 410 (expired)."""
     raw = request.path_params["job_id"]
-    if CANONICAL_ID.match(raw):  # the form we hand out: no need to parse and re-format it
-        job_id = raw
-    else:
-        try:
-            job_id = str(uuid.UUID(raw))
-        except ValueError:
-            raise ApiError(404, f"No job {raw!r}") from None
+    try:
+        job_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, f"No job {raw!r}") from None
     res = resources(request)
     job = state.JobRecord.from_redis(await res.batched.execute("HGETALL", state.job_key(job_id)))
     if job is not None:

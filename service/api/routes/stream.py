@@ -20,7 +20,7 @@ from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.api.events import Entry, EventHub, decode, stream_id
+from service.api.events import Entry, EventHub, stream_id
 from service.api.resources import resources
 from service.api.routes.downloads import load_job
 from service.api.sse import Chunk, EventStream
@@ -28,7 +28,6 @@ from service.jobs import state
 from service.jobs.view import status_body
 from service.telemetry import metrics
 
-STATUS_EVENTS = {state.QUEUED, state.PROCESSING, state.RETRYING}
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = ServerSentEvent(comment="ping").encode()
 
@@ -49,7 +48,6 @@ def present(job_id: str, entry: Entry) -> ServerSentEvent:
     elif name == "progress":
         total = data["total"] or 1
         payload = {**data, "percent": round(100 * data["done"] / total, 1)}
-        name = "progress"
     else:  # stored field names (started_at) as the status JSON spells them (startedAt)
         payload = {"jobId": job_id, **{_camel(key): value for key, value in data.items()}}
         name = "status"
@@ -118,7 +116,7 @@ async def stream(request: Request) -> Response:
                 pipe.xrevrange(key, count=2)
             fields, raw = await pipe.execute()
         current = state.JobRecord.from_redis(fields) or job
-        backlog = decode(raw) if last_event_id else list(reversed(decode(raw)))
+        backlog = raw if last_event_id else list(reversed(raw))
     except BaseException:
         hub.unsubscribe(subscription)
         raise
