@@ -7,26 +7,16 @@ import threading
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
+from service.embedded import wait_until
 from tests import sse
 from tests.jobs import initiate, wait_for
+from tests.test_metrics import scrape, value
 
 
 def open_streams(url: str) -> float:
     """delineate_sse_connections as the API's /metrics reports it now."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    return sum(sample.value for sample in families["delineate_sse_connections"].samples)
-
-
-def wait_until(check, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
+    return value(scrape(f"{url}/metrics"), "delineate_sse_connections")
 
 
 def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
@@ -151,7 +141,7 @@ def test_a_client_that_leaves_is_let_go_at_once(make_stack):
         for stream, own in zip(streams, clients, strict=True):
             stream.__exit__(None, None, None)
             own.close()
-        assert wait_until(lambda: open_streams(stack.url) == 0, 3), open_streams(stack.url)
+        wait_until(lambda: open_streams(stack.url) == 0, 3, "streams let go")
 
 
 def test_head_answers_the_headers_without_holding_a_stream(stack):
@@ -183,7 +173,7 @@ def test_shutdown_ends_open_streams_cleanly_so_clients_resume(make_stack):
     threads = [threading.Thread(target=follow) for _ in range(3)]
     for thread in threads:
         thread.start()
-    assert wait_until(lambda: open_streams(stack.url) == 3, 10)
+    wait_until(lambda: open_streams(stack.url) == 3, 10, "three open streams")
     started = time.monotonic()
     stack.api.process.send_signal(signal.SIGTERM)
     for thread in threads:
