@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -189,13 +190,8 @@ def main() -> None:
                 job_id = http.post("/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
                 while (body := http.get(f"/v1/download/status/{job_id}").json())["status"] != "completed":
                     time.sleep(0.002)
-                created = time.mktime(time.strptime(body["createdAt"][:19], "%Y-%m-%dT%H:%M:%S"))
-                finished = time.mktime(time.strptime(body["finishedAt"][:19], "%Y-%m-%dT%H:%M:%S"))
-                ms = (
-                    (finished - created) * 1000
-                    + int(body["finishedAt"][20:23])
-                    - int(body["createdAt"][20:23])
-                )
+                created = datetime.fromisoformat(body["createdAt"])
+                ms = (datetime.fromisoformat(body["finishedAt"]) - created).total_seconds() * 1000
                 latencies.append(ms)
         latencies.sort()
         p50, p99 = statistics.median(latencies), latencies[int(0.99 * (len(latencies) - 1))]

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: tests/ helpers
     sys.path.insert(0, str(ROOT))
 
+from loadtest.procstat import usage  # noqa: E402
 from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
@@ -142,15 +143,11 @@ def median_delay(got: list[dict[str, object]], job_id: str) -> float:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return usage(pid, {}).rss // 1024
 
 
 def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return usage(pid, {}).cpu_s
 
 
 def raise_nofile(wanted: int) -> int:
