@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 import zipfile
 
@@ -94,3 +95,49 @@ def test_unknown_and_expired_jobs(stack):
         assert gone.status_code == 410
         assert gone.json()["error"] == "Gone"
         assert client.get(f"/v1/download/{job_id}/file").status_code == 410
+
+
+def _monitor(url: str, into: list[list[str]], ready: threading.Event, stop: threading.Event) -> None:
+    with redis.Redis.from_url(url, decode_responses=True).monitor() as monitor:
+        ready.set()
+        while not stop.is_set():
+            into.append(monitor.next_command()["command"].split())
+
+
+def test_last_progress_and_the_end_are_one_transaction_when_nothing_comes_between(stack):
+    """One file, no bundle to write: the last `progress` and `completed` go out in one MULTI, so
+    an SSE subscriber gets them in one write (and the hub reads them once). With several files
+    the zip is written between the two, so they stay apart."""
+    commands: list[list[str]] = []
+    ready, stop = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_monitor, args=(stack.env["REDIS_URL"], commands, ready, stop))
+    watcher.start()
+    ready.wait(5)
+    try:
+        with stack.client() as client:
+            single = initiate(client, [70007])
+            several = initiate(client, [70000, 70014])
+            assert wait_for(client, single)["status"] == "completed"
+            assert wait_for(client, several, timeout_s=60)["status"] == "completed"
+    finally:
+        stop.set()
+        redis.Redis.from_url(stack.env["REDIS_URL"]).ping()  # wakes the monitor to see `stop`
+        watcher.join(5)
+
+    def transactions_with_events(job_id: str) -> list[list[str]]:
+        """The events each MULTI/EXEC wrote to the job's stream, in order."""
+        found, current = [], None
+        for command in commands:
+            name = command[0].upper()
+            if name == "MULTI":
+                current = []
+            elif name == "EXEC" and current is not None:
+                if current:
+                    found.append(current)
+                current = None
+            elif name == "XADD" and current is not None and command[1] == state.events_key(job_id):
+                current.append(command[command.index("event") + 1])
+        return found
+
+    assert transactions_with_events(single)[-1] == ["progress", "completed"]
+    assert transactions_with_events(several)[-2:] == [["progress"], ["completed"]]

@@ -55,17 +55,28 @@ def transition(conn: redis.Redis, job_id: str, write: Callable[[Any], None]) -> 
     raise RuntimeError(f"job {job_id}: state kept changing under the worker")
 
 
-def finish(conn: redis.Redis, settings: Settings, job_id: str, **fields: Any) -> None:
+def finish(
+    conn: redis.Redis,
+    settings: Settings,
+    job_id: str,
+    *,
+    last_progress: Callable[[Any], None] | None = None,
+    **fields: Any,
+) -> None:
     """Move the job to its terminal state (fields["status"]): the one door every ending uses.
 
     Worker success or failure, a cancel, the reaper: all come through here, so whatever must
     happen exactly once per ending happens in the same MULTI as the state change.
+    `last_progress` writes the last file's progress in that MULTI too, when nothing happens
+    between the two (no bundle to write): SSE subscribers then get both events in one write.
     """
     assert fields["status"] in state.TERMINAL
     fields.setdefault("finished_at", state.now_iso())
     announce = settings.webhook_secret is not None and conn.hexists(state.job_key(job_id), "callback_url")
 
     def write(pipe: Any) -> None:
+        if last_progress is not None:
+            last_progress(pipe)
         state.queue_update(pipe, job_id, settings.job_ttl_s, fields["status"], **fields)
         if announce:
             delivery.queue(pipe, conn, settings, job_id)
@@ -157,17 +168,29 @@ def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[st
             result = {"file_id": file_id, "available": size is not None, "size": size}
             results.append(result)
             done = len(results)
-            transition(
-                conn,
-                job_id,
-                lambda p, r=result, d=done: state.queue_file_done(p, job_id, ttl, r, d, job.total),
-            )
+
+            def progress(pipe: Any, r: dict[str, Any] = result, d: int = done) -> None:
+                state.queue_file_done(pipe, job_id, ttl, r, d, job.total)
+
+            if done == job.total and not _bundled(results):
+                return _publish(ctx, job_id, results, last_progress=progress)
+            transition(conn, job_id, progress)
         return _publish(ctx, job_id, results)
     except JobGone:
         return None
 
 
-def _publish(ctx: context.JobContext, job_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+def _bundled(results: list[dict[str, Any]]) -> bool:
+    """Whether the result is a zip of several files (written to S3 after the last file)."""
+    return sum(1 for r in results if r["available"]) > 1
+
+
+def _publish(
+    ctx: context.JobContext,
+    job_id: str,
+    results: list[dict[str, Any]],
+    last_progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     found = [r for r in results if r["available"]]
     if not found:
         error = f"none of the {len(results)} requested files exist"
@@ -184,7 +207,7 @@ def _publish(ctx: context.JobContext, job_id: str, results: list[dict[str, Any]]
             "result_size": ctx.storage.write_zip(key, members),
         }
     fields["finished_at"] = state.now_iso()
-    finish(ctx.redis, ctx.settings, job_id, **fields)
+    finish(ctx.redis, ctx.settings, job_id, last_progress=last_progress, **fields)
     return fields
 
 
