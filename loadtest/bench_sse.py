@@ -19,17 +19,25 @@ figures (it is conservative: a receive timestamp can only be late).
 
     .venv/bin/python loadtest/bench_sse.py [--subscribers 5000] [--jobs 50] [--batch 500]
 
-Measured 2026-11-29 (second session, a machine about half as fast), 5000 streams over 50
-jobs, one API process, with the single-task SSE response (service/api/sse.py):
-- RSS 21.6-21.9 KiB per connection (ratio 0.54; 38.4 with sse-starlette's task group per
-  stream on the same machine, 52.9 before the previous session's SSE changes). Redis PUBSUB
-  NUMSUB delineate:events = 1 with 5000 streams.
-- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.7 s): p50
-  232-473 ms, p99 452-739 ms (FAIL; 1,239 ms at the session's start). The API is CPU-bound for
-  the whole burst, about 220 us of CPU per subscriber for its last events and its close (the
-  access log line, metrics, uvicorn's end of response and the client's close among them).
-  --jobs 1 (5000 on one job): p99 565 ms (about 1.0 s before).
-- Spread completions (--delay-ms 1000-10000, 50 jobs over ~12 s): p50 15 ms, p99 45-52 ms (PASS).
+    .venv/bin/python loadtest/bench_sse.py --phases 3   # per-stream costs, all streams on one job
+
+Measured 2026-11-29 (third session, same slow machine; its figures moved by a third from run
+to run, so several runs each), 5000 streams, one API process:
+- RSS 21.6 KiB per connection (ratio 0.54; 38.4 with sse-starlette's task group per stream).
+  Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
+- --phases 3 --pin: API CPU per stream about 75-95 us for one event and 250-290 us for the
+  last event with the stream's ending (response completion through the middleware with its
+  access log line and metrics, uvicorn's close, freeing the objects; perf: 64 % interpreter,
+  23 % kernel). Terminal event to all 5000 streams of one job: p99 448-472 ms with finished
+  streams' endings held back until the others' events are out (events.py: WindDown), 913-1171
+  ms before.
+- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~1 s): p50 250-450 ms,
+  p99 445-870 ms over six runs (FAIL; 990-1180 ms the same morning before WindDown and the
+  worker writing a one-file job's last progress and end in one transaction). The API is
+  CPU-bound through the burst: 5000 streams x (two or three events + an ending) is 1.2-1.4 s of
+  CPU in a window of about 1 s.
+- Spread completions (--delay-ms 1000-10000, 50 jobs over ~12 s): p50 14 ms, p99 78 ms (PASS;
+  45-52 ms in the second session).
 Runs where the line "API CPU ... % of the window" is far below 100% were starved by other
 processes on the machine; discard those.
 """
@@ -225,6 +233,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the loaded RSS read")
     parser.add_argument("--timeout", type=float, default=120.0, help="for every terminal event")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        metavar="ROUNDS",
+        help="instead: API CPU per stream for an event and for a stream's ending, all streams on one "
+        "job, events written straight to Redis (no worker), ROUNDS rounds",
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     per_job = max(1, args.subscribers // args.jobs)
@@ -272,6 +287,9 @@ def main() -> None:
             f"load {Path('/proc/loadavg').read_text().split()[0]}"
         )
 
+        if args.phases:
+            uvloop.run(phases(args, url, api, redis_server.url))
+            return
         base = (rss_before, cpu_before)
         uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, redis_server.url, base, total))
     finally:
@@ -397,6 +415,61 @@ async def run(
     for sub in subscribers:
         if sub.transport:
             sub.transport.close()
+
+
+def settled_cpu_s(pid: int) -> float:
+    """The process's CPU time once it has stopped using any (its work on the last event done)."""
+    last = cpu_s(pid)
+    while True:
+        time.sleep(0.3)
+        now = cpu_s(pid)
+        if now - last < 0.005:
+            return now
+        last = now
+
+
+async def phases(args: argparse.Namespace, url: str, api: Proc, redis_url: str) -> None:
+    """Per stream: the API's CPU for one event (a `progress`) and for the last one with the
+    stream's ending, and the delay from the terminal event's XADD to each subscriber."""
+    conn = redis.Redis.from_url(redis_url)
+    port = int(url.rsplit(":", 1)[1])
+    cost: dict[str, list[float]] = {"event": [], "ending": []}
+    p50s, p99s = [], []
+    for _ in range(args.phases):
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.post("/v1/download/initiate", json={"file_ids": [70000]})
+            job_id = response.json()["jobId"]
+        subscribers, errors = await connect_all(port, [job_id], args.subscribers, args.batch)
+        if errors:
+            raise SystemExit(f"{len(errors)} streams failed to open: {errors[0]!r}")
+        events = [
+            ("event", "progress", {"done": 0, "total": 1, "file": {}}),
+            ("ending", state.COMPLETED, {"status": state.COMPLETED, "finished_at": state.now_iso()}),
+        ]
+        for name, event, data in events:
+            before = await asyncio.to_thread(settled_cpu_s, api.process.pid)
+            with conn.pipeline() as pipe:
+                state.queue_event(pipe, job_id, event, data, 600)
+                pipe.execute()
+            sent = time.time()
+            if name == "ending":
+                await asyncio.wait([sub.finished for sub in subscribers], timeout=args.timeout)
+                delays = [1000 * (float(sub.terminal["at"]) - sent) for sub in subscribers if sub.terminal]
+                if len(delays) != len(subscribers):
+                    raise SystemExit(f"{len(subscribers) - len(delays)} streams missed the terminal event")
+                p50s.append(statistics.median(delays))
+                p99s.append(percentile(delays, 0.99))
+            after = await asyncio.to_thread(settled_cpu_s, api.process.pid)
+            cost[name].append(1e6 * (after - before) / len(subscribers))
+    conn.close()
+    print(f"{args.subscribers} streams on one job, {args.phases} rounds (median, then each round):")
+    for name, values in cost.items():
+        each = ", ".join(f"{v:.0f}" for v in values)
+        print(f"  API CPU per stream for {name:6}: {statistics.median(values):5.0f} us  ({each})")
+    print(
+        f"  terminal event XADD -> received: p50 {statistics.median(p50s):.0f} ms, "
+        f"p99 {statistics.median(p99s):.0f} ms  (p99s {', '.join(f'{v:.0f}' for v in p99s)})"
+    )
 
 
 if __name__ == "__main__":

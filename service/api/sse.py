@@ -9,14 +9,16 @@ many jobs ended at once, and about a third of each connection's memory
 events are still encoded by sse-starlette's ServerSentEvent (service/api/routes/stream.py).
 
 The source yields chunks of already-encoded events with a flag telling whether the stream
-ends with them: the last event and the end of the chunked body go out in one write.
+ends with them: the last event and the end of the chunked body go out in one write. After
+that, `wind_down` may hold the rest of the response's ending back (service/api/events.py:
+WindDown): the client already has everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -34,12 +36,15 @@ class EventStream(Response):
         headers: Mapping[str, str],
         on_disconnect: Callable[[], None],
         on_close: Callable[[], None],
+        wind_down: Callable[[], Awaitable[None]],
     ) -> None:
         """`on_disconnect` must make `chunks` end soon (wake its wait); `on_close` always runs
-        once the response is over, also when `chunks` never started (HEAD, an early error)."""
+        once the stream is over, also when `chunks` never started (HEAD, an early error);
+        `wind_down` is awaited after a stream that ended normally, before the response returns."""
         self.chunks = chunks
         self.on_disconnect = on_disconnect
         self.on_close = on_close
+        self.wind_down = wind_down
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -60,6 +65,7 @@ class EventStream(Response):
         finally:
             self.on_close()
             await self.chunks.aclose()
+        await self.wind_down()
 
     async def _stream(self, send: Send) -> None:
         async for data, last in self.chunks:

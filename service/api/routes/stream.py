@@ -168,4 +168,5 @@ async def stream(request: Request) -> Response:
         headers=HEADERS,
         on_disconnect=subscription.wake,
         on_close=lambda: hub.unsubscribe(subscription),
+        wind_down=hub.wind_down.wait,
     )
