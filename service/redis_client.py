@@ -63,12 +63,9 @@ class TurnPipeline:
         self._pending: list[tuple[tuple[object, ...], asyncio.Future[Any] | None]] | None = None
         self._runs: set[asyncio.Task[None]] = set()  # keep running pipelines referenced
 
-    async def execute(self, *args: object) -> Any:
-        """Run one command with this turn's others; its reply, or its error raised."""
-        return await self.submit(*args)
-
     def submit(self, *args: object) -> asyncio.Future[Any]:
-        """Queue one command; the future gets its reply or its error."""
+        """Queue one command to run with this turn's others; the future gets its reply or its
+        error (`await batched.submit(...)` for a read)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(args, future)
         return future

@@ -20,9 +20,9 @@ def test_callers_in_one_turn_share_one_round_trip_and_each_gets_its_reply(redis_
     async def main() -> tuple[list[object], int, int]:
         client = async_client(server.url)
         batched = TurnPipeline(client)
-        calls = [batched.execute("HGETALL", f"job:{n}") for n in range(50)]
-        calls.append(batched.execute("HGETALL", "plain"))  # WRONGTYPE: this caller's error only
-        calls.append(batched.execute("HGETALL", "missing"))
+        calls = [batched.submit("HGETALL", f"job:{n}") for n in range(50)]
+        calls.append(batched.submit("HGETALL", "plain"))  # WRONGTYPE: this caller's error only
+        calls.append(batched.submit("HGETALL", "missing"))
         replies = await asyncio.gather(*calls, return_exceptions=True)
         reads = sync.info("commandstats")["cmdstat_hgetall"]["calls"]
         clients = sync.info("clients")["connected_clients"]
@@ -48,7 +48,7 @@ def test_every_caller_hears_that_redis_is_down(redis_factory):
         client = async_client(url)
         batched = TurnPipeline(client)
         replies = await asyncio.gather(
-            *[batched.execute("HGETALL", f"k{n}") for n in range(5)], return_exceptions=True
+            *[batched.submit("HGETALL", f"k{n}") for n in range(5)], return_exceptions=True
         )
         await client.aclose()
         return replies
@@ -67,7 +67,7 @@ def test_later_turns_get_their_own_pipeline(redis_factory):
     async def main() -> list[object]:
         client = async_client(server.url)
         batched = TurnPipeline(client)
-        got = [await batched.execute("GET", "k") for _ in range(turns)]  # one after another
+        got = [await batched.submit("GET", "k") for _ in range(turns)]  # one after another
         await client.aclose()
         return got
 
@@ -84,7 +84,7 @@ def test_a_command_sent_without_a_reply_runs_in_order_with_the_others(redis_fact
         counted = batched.submit("INCR", "hits")
         batched.send("PEXPIRE", "hits", 60_000)
         count = await counted
-        await batched.execute("PING")  # the next turn: the PEXPIRE has run by now
+        await batched.submit("PING")  # the next turn: the PEXPIRE has run by now
         await client.aclose()
         return count
 

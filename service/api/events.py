@@ -53,18 +53,18 @@ class WindDown:
     def __init__(self) -> None:
         self.undelivered = 0  # subscriptions holding entries their stream has not taken
         self._waiting: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
-        self._handle: asyncio.Handle | None = None
-        self._timed = False  # _handle is the MAX_WAIT_S timer, not a call_soon
+        self._handle: asyncio.Handle | None = None  # the next _release, soon or at MAX_WAIT_S
 
     def pending(self) -> None:
         self.undelivered += 1
 
     def delivered(self) -> None:
         self.undelivered -= 1
-        if not self.undelivered and self._timed and self._handle is not None:
-            self._handle.cancel()  # no need to wait for the timer any more
-            self._handle = None
-        self._schedule()
+        if not self.undelivered and self._waiting:  # all taken: release now, not at the timer
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+            self._schedule()
 
     async def wait(self) -> None:
         """Return when this finished stream may end (at once when nothing is waiting)."""
@@ -78,7 +78,6 @@ class WindDown:
 
     def _schedule(self) -> None:
         if self._handle is None and self._waiting:
-            self._timed = False
             self._handle = asyncio.get_running_loop().call_soon(self._release)
 
     def _release(self) -> None:
@@ -89,7 +88,6 @@ class WindDown:
         if self.undelivered:
             left = self._waiting[0][0] + self.MAX_WAIT_S - loop.time()
             if left > 0:
-                self._timed = True
                 self._handle = loop.call_later(left, self._release)
                 return
         for _ in range(min(self.PER_TURN, len(self._waiting))):

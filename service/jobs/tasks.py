@@ -160,6 +160,7 @@ def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[st
         remaining = job.file_ids[job.done :]
         per_file = pick_delay_s(ctx.settings) / max(len(job.file_ids), 1)
         results = list(job.files[: job.done])
+        last_progress = None
         for file_id in remaining:
             if cancelled.wait(per_file):
                 return None
@@ -172,25 +173,24 @@ def _run(ctx: context.JobContext, job: state.JobRecord, attempt: int) -> dict[st
             def progress(pipe: Any, r: dict[str, Any] = result, d: int = done) -> None:
                 state.queue_file_done(pipe, job_id, ttl, r, d, job.total)
 
-            if done == job.total and not _bundled(results):
-                return _publish(ctx, job_id, results, last_progress=progress)
-            transition(conn, job_id, progress)
-        return _publish(ctx, job_id, results)
+            if done < job.total:
+                transition(conn, job_id, progress)
+            else:
+                last_progress = progress  # _publish writes it, with the result when it can
+        return _publish(ctx, job_id, results, last_progress)
     except JobGone:
         return None
-
-
-def _bundled(results: list[dict[str, Any]]) -> bool:
-    """Whether the result is a zip of several files (written to S3 after the last file)."""
-    return sum(1 for r in results if r["available"]) > 1
 
 
 def _publish(
     ctx: context.JobContext,
     job_id: str,
     results: list[dict[str, Any]],
-    last_progress: Callable[[Any], None] | None = None,
+    last_progress: Callable[[Any], None] | None,
 ) -> dict[str, Any]:
+    """Write the result and end the job. The last file's progress goes in the same MULTI as the
+    end (one write to SSE subscribers), unless a zip is written in between: then it goes first,
+    so clients see every file done while the zip is written."""
     found = [r for r in results if r["available"]]
     if not found:
         error = f"none of the {len(results)} requested files exist"
@@ -199,6 +199,9 @@ def _publish(
         fields = {"status": state.COMPLETED, "result_key": source_key(found[0]["file_id"])}
         fields["result_size"] = found[0]["size"]
     else:
+        if last_progress is not None:
+            transition(ctx.redis, job_id, last_progress)
+            last_progress = None
         key = bundle_key(job_id)
         members = [(f"{r['file_id']}.zip", source_key(r["file_id"])) for r in found]
         fields = {

@@ -169,7 +169,7 @@ async def load_job(request: Request) -> state.JobRecord:
     except ValueError:
         raise ApiError(404, f"No job {raw!r}") from None
     res = resources(request)
-    job = state.JobRecord.from_redis(await res.batched.execute("HGETALL", state.job_key(job_id)))
+    job = state.JobRecord.from_redis(await res.batched.submit("HGETALL", state.job_key(job_id)))
     if job is not None:
         return job
     if await res.redis.zscore(state.INDEX_KEY, job_id) is not None:

@@ -130,8 +130,7 @@ async def stream(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[Chunk]:
         """The opening, then each batch of new events as one chunk, heartbeats when idle."""
-        metrics.SSE_CONNECTIONS.inc()
-        try:
+        with metrics.SSE_CONNECTIONS.track_inprogress():
             yield opening, ended
             if ended:
                 return
@@ -160,8 +159,6 @@ async def stream(request: Request) -> Response:
                         return
                 if parts:
                     yield b"".join(parts), False
-        finally:
-            metrics.SSE_CONNECTIONS.dec()
 
     return EventStream(
         chunks(),
