@@ -21,23 +21,27 @@ figures (it is conservative: a receive timestamp can only be late).
 
     .venv/bin/python loadtest/bench_sse.py --phases 3   # per-stream costs, all streams on one job
 
-Measured 2026-11-29 (third session, same slow machine; its figures moved by a third from run
-to run, so several runs each), 5000 streams, one API process:
-- RSS 21.6 KiB per connection (ratio 0.54; 38.4 with sse-starlette's task group per stream).
-  Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
-- --phases 3 --pin: API CPU per stream about 75-95 us for one event and 250-290 us for the
-  last event with the stream's ending (response completion through the middleware with its
-  access log line and metrics, uvicorn's close, freeing the objects; perf: 64 % interpreter,
-  23 % kernel). Terminal event to all 5000 streams of one job: p99 448-472 ms with finished
-  streams' endings held back until the others' events are out (events.py: WindDown), 913-1171
-  ms before.
-- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~1 s): p50 250-450 ms,
-  p99 445-870 ms over six runs (FAIL; 990-1180 ms the same morning before WindDown and the
-  worker writing a one-file job's last progress and end in one transaction). The API is
-  CPU-bound through the burst: 5000 streams x (two or three events + an ending) is 1.2-1.4 s of
-  CPU in a window of about 1 s.
-- Spread completions (--delay-ms 1000-10000, 50 jobs over ~12 s): p50 14 ms, p99 78 ms (PASS;
-  45-52 ms in the second session).
+`--phases` also runs loadtest/sse_floor.py (a bare ASGI app, one task per stream) on the same
+uvicorn with the same client, and prints the service's costs as ratios to that floor: the
+bunched p99 below is CPU-bound and follows the machine; the ratios should move less (not yet
+checked on a second machine).
+
+Measured 2026-11-29 (fourth session; this machine was 2.5-3 times faster per operation than
+the third session's, of the same kind), 5000 streams, one API process:
+- RSS 22.0-22.1 KiB per connection (ratio 0.55; 38.4 with sse-starlette's task group per
+  stream). Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
+- Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.5 s): p99
+  132-168 ms over three runs, p50 79-124 ms (PASS, ratio 0.53-0.67). The API is CPU-bound
+  through the burst (CPU 100-107 % of the window). The third session's machine measured
+  445-870 ms here with the same code (FAIL).
+- --phases 3 (--pin or not): API CPU per stream 26-36 us for one event (bare uvicorn 14-16,
+  ratio 1.9-2.1) and 84-90 us for the last event with the stream's ending: response completion
+  through the middleware with its access log line and metrics, uvicorn's close, freeing the
+  objects (bare 37-40, ratio 2.2-2.3). Terminal event to all 5000 streams of one job: p99
+  152-164 ms (bare 110-119 ms). Run without the middleware stack and router, the ending cost
+  ~62 us; without the disconnect watcher ~78 us (one-off experiments, not kept: both serve
+  requirements).
+- Spread completions (--delay-ms 1000-10000, 50 jobs over ~11 s): p50 5.6 ms, p99 12.5 ms (PASS).
 Runs where the line "API CPU ... % of the window" is far below 100% were starved by other
 processes on the machine; discard those.
 """
@@ -46,14 +50,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -67,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: tests/ helpers
     sys.path.insert(0, str(ROOT))
 
-from loadtest.procstat import usage  # noqa: E402
+from loadtest.procstat import threads_cpu_s, usage  # noqa: E402
 from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
@@ -155,7 +162,7 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    return usage(pid, {}).cpu_s
+    return threads_cpu_s(pid)
 
 
 def raise_nofile(wanted: int) -> int:
@@ -288,7 +295,7 @@ def main() -> None:
         )
 
         if args.phases:
-            uvloop.run(phases(args, url, api, redis_server.url))
+            uvloop.run(phases(args, url, api, redis_server.url, env, home))
             return
         base = (rss_before, cpu_before)
         uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, redis_server.url, base, total))
@@ -423,53 +430,134 @@ def settled_cpu_s(pid: int) -> float:
     while True:
         time.sleep(0.3)
         now = cpu_s(pid)
-        if now - last < 0.005:
+        if now - last < 0.002:
             return now
         last = now
 
 
-async def phases(args: argparse.Namespace, url: str, api: Proc, redis_url: str) -> None:
-    """Per stream: the API's CPU for one event (a `progress`) and for the last one with the
-    stream's ending, and the delay from the terminal event's XADD to each subscriber."""
-    conn = redis.Redis.from_url(redis_url)
-    port = int(url.rsplit(":", 1)[1])
-    cost: dict[str, list[float]] = {"event": [], "ending": []}
-    p50s, p99s = [], []
-    for _ in range(args.phases):
-        async with httpx.AsyncClient(base_url=url) as http:
-            response = await http.post("/v1/download/initiate", json={"file_ids": [70000]})
-            job_id = response.json()["jobId"]
-        subscribers, errors = await connect_all(port, [job_id], args.subscribers, args.batch)
-        if errors:
-            raise SystemExit(f"{len(errors)} streams failed to open: {errors[0]!r}")
-        events = [
-            ("event", "progress", {"done": 0, "total": 1, "file": {}}),
-            ("ending", state.COMPLETED, {"status": state.COMPLETED, "finished_at": state.now_iso()}),
-        ]
-        for name, event, data in events:
-            before = await asyncio.to_thread(settled_cpu_s, api.process.pid)
-            with conn.pipeline() as pipe:
-                state.queue_event(pipe, job_id, event, data, 600)
-                pipe.execute()
+Costs = dict[str, list[float]]
+
+
+async def per_stream_costs(
+    pid: int,
+    rounds: int,
+    open_streams: Callable[[], Awaitable[list[Subscriber]]],
+    fire: Callable[[str], Awaitable[None]],
+    timeout_s: float,
+) -> Costs:
+    """Per round: open the streams, then `fire("event")` (one more event on each stream) and
+    `fire("ending")` (the terminal event, which ends them), each timed by the server's CPU once
+    it has gone idle again. Per round: the CPU per stream for each phase (us), and the delay
+    (p50, p99, ms) from firing the terminal event to each subscriber receiving it."""
+    cost: Costs = {"event": [], "ending": [], "p50": [], "p99": []}
+    for _ in range(rounds):
+        subscribers = await open_streams()
+        for name in ("event", "ending"):
+            before = await asyncio.to_thread(settled_cpu_s, pid)
             sent = time.time()
+            await fire(name)
             if name == "ending":
-                await asyncio.wait([sub.finished for sub in subscribers], timeout=args.timeout)
+                await asyncio.wait([sub.finished for sub in subscribers], timeout=timeout_s)
                 delays = [1000 * (float(sub.terminal["at"]) - sent) for sub in subscribers if sub.terminal]
                 if len(delays) != len(subscribers):
                     raise SystemExit(f"{len(subscribers) - len(delays)} streams missed the terminal event")
-                p50s.append(statistics.median(delays))
-                p99s.append(percentile(delays, 0.99))
-            after = await asyncio.to_thread(settled_cpu_s, api.process.pid)
+                cost["p50"].append(statistics.median(delays))
+                cost["p99"].append(percentile(delays, 0.99))
+            after = await asyncio.to_thread(settled_cpu_s, pid)
             cost[name].append(1e6 * (after - before) / len(subscribers))
-    conn.close()
-    print(f"{args.subscribers} streams on one job, {args.phases} rounds (median, then each round):")
-    for name, values in cost.items():
-        each = ", ".join(f"{v:.0f}" for v in values)
-        print(f"  API CPU per stream for {name:6}: {statistics.median(values):5.0f} us  ({each})")
-    print(
-        f"  terminal event XADD -> received: p50 {statistics.median(p50s):.0f} ms, "
-        f"p99 {statistics.median(p99s):.0f} ms  (p99s {', '.join(f'{v:.0f}' for v in p99s)})"
+    return cost
+
+
+async def phases(
+    args: argparse.Namespace, url: str, api: Proc, redis_url: str, env: dict[str, str], home: Path
+) -> None:
+    """The service's per-stream CPU for one event (a `progress`) and for the last one with the
+    stream's ending, then the same for loadtest/sse_floor.py (a bare ASGI app on the same
+    server), and the ratios: what Delineate adds to the least a stream costs on this machine."""
+    conn = redis.Redis.from_url(redis_url)
+    port = int(url.rsplit(":", 1)[1])
+    job_id = ""
+
+    async def open_job_streams() -> list[Subscriber]:
+        nonlocal job_id
+        async with httpx.AsyncClient(base_url=url) as http:
+            job_id = (await http.post("/v1/download/initiate", json={"file_ids": [70000]})).json()["jobId"]
+        return await open_streams(port, [job_id], args.subscribers, args.batch)
+
+    async def write_event(name: str) -> None:
+        event, data = (
+            ("progress", {"done": 0, "total": 1, "file": {}})
+            if name == "event"
+            else (state.COMPLETED, {"status": state.COMPLETED, "finished_at": state.now_iso()})
+        )
+        with conn.pipeline() as pipe:
+            state.queue_event(pipe, job_id, event, data, 600)
+            pipe.execute()
+
+    service = await per_stream_costs(
+        api.process.pid, args.phases, open_job_streams, write_event, args.timeout
     )
+    conn.close()
+    api.stop()  # the floor gets the machine to itself, as the service had
+
+    floor_port = embedded.free_port()
+    floor = spawn(
+        "sse_floor",
+        [
+            sys.executable, "-m", "uvicorn", "loadtest.sse_floor:app", "--host", "127.0.0.1",
+            "--port", str(floor_port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning",
+        ],
+        env,
+        home / "logs",
+    )  # fmt: skip
+    try:
+        embedded.wait_until(lambda: _accepts(floor_port), 30, "sse_floor", floor.process)
+        if args.pin:
+            os.sched_setaffinity(floor.process.pid, {0})
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{floor_port}") as http:
+
+            async def fire(_name: str) -> None:
+                await http.post("/fire")
+
+            async def open_floor_streams() -> list[Subscriber]:
+                return await open_streams(floor_port, ["floor"], args.subscribers, args.batch)
+
+            bare = await per_stream_costs(
+                floor.process.pid, args.phases, open_floor_streams, fire, args.timeout
+            )
+    finally:
+        floor.stop()
+
+    print(f"{args.subscribers} streams on one job, {args.phases} rounds (median, then each round):")
+    for name in ("event", "ending"):
+        mine, least = statistics.median(service[name]), statistics.median(bare[name])
+        print(
+            f"  API CPU per stream for {name:6}: {mine:5.0f} us ({_each(service[name], '.0f')}); "
+            f"bare uvicorn {least:4.0f} us ({_each(bare[name], '.0f')}); ratio {mine / least:.2f}"
+        )
+    for label, cost in (("service", service), ("bare uvicorn", bare)):
+        print(
+            f"  terminal event written -> received, {label}: p50 {statistics.median(cost['p50']):.0f} ms, "
+            f"p99 {statistics.median(cost['p99']):.0f} ms  (p99s {_each(cost['p99'], '.0f')})"
+        )
+
+
+def _each(values: list[float], spec: str) -> str:
+    return ", ".join(format(v, spec) for v in values)
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+async def open_streams(port: int, paths: list[str], count: int, batch: int) -> list[Subscriber]:
+    subscribers, errors = await connect_all(port, paths, count, batch)
+    if errors:
+        raise SystemExit(f"{len(errors)} streams failed to open: {errors[0]!r}")
+    return subscribers
 
 
 if __name__ == "__main__":
