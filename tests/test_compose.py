@@ -354,6 +354,7 @@ def test_redis_keeps_jobs_durable():
     command = redis["command"]
     assert flag(command, "--appendonly") == "yes"
     assert flag(command, "--maxmemory-policy") == "noeviction"
+    assert flag(command, "--stream-node-max-bytes") == str(embedded.STREAM_NODE_MAX_BYTES), "as tests run it"
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"]), "AOF on a throwaway layer"
 
 

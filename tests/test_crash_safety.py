@@ -116,6 +116,27 @@ def _reaped_count(action: str, reason: str) -> float:
     return REGISTRY.get_sample_value("delineate_jobs_reaped_total", labels) or 0.0
 
 
+def test_the_reaper_trims_ids_of_jobs_expired_longer_ago_than_the_index_keeps_them(conn):
+    settings = _settings(conn)
+    live = _create(conn, settings)
+    horizon = time.time() - settings.job_ttl_s - state.INDEX_KEPT_S
+    conn.zadd(state.INDEX_KEY, {"forgotten": horizon - 60, "still-gone": horizon + 60})
+
+    assert _reap(conn, settings).forgotten == 1
+    assert conn.zscore(state.INDEX_KEY, "forgotten") is None
+    assert conn.zscore(state.INDEX_KEY, "still-gone") is not None, "answers 410 until INDEX_KEPT_S"
+    assert conn.zscore(state.INDEX_KEY, live) is not None
+
+
+@pytest.mark.parametrize("limit", [0, 3])
+def test_a_client_s_active_jobs_are_tracked_only_while_a_limit_reads_them(conn, limit):
+    """Without PER_CLIENT_MAX_ACTIVE_JOBS nothing would ever prune the set: it would only grow."""
+    settings = _settings(conn, per_client_max_active_jobs=limit)
+    job_id = _create(conn, settings)
+    tracked = conn.zscore(state.client_active_key("127.0.0.1"), job_id) is not None
+    assert tracked == bool(limit)
+
+
 def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
     settings = _settings(conn)
     healthy = _create(conn, settings)

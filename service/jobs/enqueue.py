@@ -153,7 +153,9 @@ def _writes(
         if claim:
             record = {"jobId": job.id, "fingerprint": claim.fingerprint}
             writes.set(claim.key, json.dumps(record), ex=claim.ttl_s)
-        state.queue_create(writes, job, settings.job_ttl_s)
+        state.queue_create(
+            writes, job, settings.job_ttl_s, track_client=bool(settings.per_client_max_active_jobs)
+        )
         _queue(job.queue, conn).enqueue_call(
             TASK,
             args=(job.id,),

@@ -21,6 +21,9 @@ walks our own index of unfinished jobs (`state.ACTIVE_KEY`) and asks, for each o
   (spending one, so a job that kills its workers cannot loop), else finished `failed` with
   the reason.
 
+Each pass also trims the job index (`state.INDEX_KEY`, kept for 410 answers) of ids whose jobs
+expired more than INDEX_KEPT_S ago: Redis runs with `noeviction`, so nothing may grow forever.
+
 The scan reads in bulk and may see a job mid-move; every action re-checks that one job first,
 and a requeue commits under WATCH on the job and its executions, so the reaper never races RQ
 or a slow worker into running a job twice. Every worker calls `reap` every REAPER_INTERVAL_S;
@@ -64,6 +67,7 @@ class ReapReport:
     suspects: list[str] = field(default_factory=list)  # seen unowned, still within the grace
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    forgotten: int = 0  # ids trimmed from the job index (state.INDEX_KEPT_S)
 
 
 def suspect_grace_s(settings: Settings) -> float:
@@ -91,7 +95,13 @@ def reap(conn: redis.Redis, settings: Settings) -> ReapReport:
     gone = set(suspects) - set(ids)
     if gone:
         conn.hdel(SUSPECTS_KEY, *gone)
+    report.forgotten = forget_expired(conn, settings, time.time())
     return report
+
+
+def forget_expired(conn: redis.Redis, settings: Settings, now: float) -> int:
+    """Drop ids from the job index once their jobs expired INDEX_KEPT_S ago (then 404, not 410)."""
+    return int(conn.zremrangebyscore(state.INDEX_KEY, "-inf", now - settings.job_ttl_s - state.INDEX_KEPT_S))
 
 
 class _Owners:

@@ -26,7 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 PREFIX = "delineate:"
-INDEX_KEY = PREFIX + "jobs"
+INDEX_KEY = PREFIX + "jobs"  # every job id by creation time: 410 for an expired one, not 404
+# How long after a job's own keys expire (JOB_TTL_S) its id stays in INDEX_KEY; the reaper trims
+# older ids, or the index would grow by ~100 bytes per job forever in a `noeviction` Redis.
+INDEX_KEPT_S = 7 * 24 * 3600
 ACTIVE_KEY = PREFIX + "active"
 EVENTS_CHANNEL = PREFIX + "events"
 EVENTS_MAXLEN = 2_000
@@ -149,14 +152,15 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def queue_create(pipe: Any, job: JobRecord, ttl_s: int) -> None:
-    """Write a new job and its `queued` event."""
+def queue_create(pipe: Any, job: JobRecord, ttl_s: int, *, track_client: bool = True) -> None:
+    """Write a new job and its `queued` event; with `track_client`, add it to its client's set
+    of active jobs (only PER_CLIENT_MAX_ACTIVE_JOBS reads it, and prunes it)."""
     pipe.hset(job_key(job.id), mapping=job.to_hash())
     pipe.expire(job_key(job.id), ttl_s)
     created = datetime.now(UTC).timestamp()
     pipe.zadd(INDEX_KEY, {job.id: created})
     pipe.zadd(ACTIVE_KEY, {job.id: created})
-    if job.client:
+    if job.client and track_client:
         pipe.zadd(client_active_key(job.client), {job.id: created})
         pipe.expire(client_active_key(job.client), ttl_s)
     queue_event(pipe, job.id, QUEUED, {"status": QUEUED}, ttl_s)

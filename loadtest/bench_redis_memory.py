@@ -1,0 +1,142 @@
+"""Redis memory per job, for sizing a Redis that runs with `noeviction` (docs/ARCHITECTURE.md).
+
+A private Redis + SeaweedFS S3, one API process and one worker started the production way.
+N jobs are initiated over HTTP (each with an Idempotency-Key, as a retrying client sends them,
+three files each), then run by the worker with short delays. Redis's `used_memory` is read
+before, with every job queued, and with every job finished (kept JOB_TTL_S for status, SSE
+resume and webhooks), and the finished keys are grouped by pattern with MEMORY USAGE: what
+each kind of key costs per job, and which keys outlive the jobs.
+
+    .venv/bin/python loadtest/bench_redis_memory.py [--jobs 2000] [--files 3]
+
+Measured 2026-11-29 (fourth session), 2000 jobs of 3 files: see docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python loadtest/bench_redis_memory.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from service import embedded  # noqa: E402
+from service.jobs import state  # noqa: E402
+from tests.procs import TEST_BUCKET, spawn, start_api  # noqa: E402
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+HEX = re.compile(r"\b[0-9a-f]{16,}\b")
+
+
+def pattern(key: str) -> str:
+    return HEX.sub("{hash}", UUID.sub("{id}", key))
+
+
+def used_memory(conn: redis.Redis) -> int:
+    return int(conn.info("memory")["used_memory"])
+
+
+def unfinished(conn: redis.Redis, job_ids: list[str]) -> int:
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(state.job_key(job_id), "status")
+        return sum(1 for status in pipe.execute() if status is None or status.decode() not in state.TERMINAL)
+
+
+def by_pattern(conn: redis.Redis) -> dict[str, tuple[int, int]]:
+    """{key pattern: (keys, bytes by MEMORY USAGE)} over the whole database."""
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for key in conn.scan_iter(count=1000):
+        name = key.decode()
+        group = groups[pattern(name)]
+        group[0] += 1
+        group[1] += conn.memory_usage(name, samples=0) or 0
+    return {name: (keys, size) for name, (keys, size) in groups.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--files", type=int, default=3, help="file ids per job (one file: no zip)")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="delineate-bench-redis-"))
+    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
+    s3 = embedded.start_seaweed(home / "s3")
+    embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
+    env = embedded.stack_env(
+        redis_server.url,
+        s3.url,
+        TEST_BUCKET,
+        LOG_FORMAT="json",
+        RATE_LIMIT_MAX_REQUESTS="100000000",
+        PER_CLIENT_MAX_ACTIVE_JOBS="0",
+        QUEUE_MAX_DEPTH="1000000",
+        DOWNLOAD_DELAY_MIN_MS="1",
+        DOWNLOAD_DELAY_MAX_MS="5",
+    )
+    conn = redis.Redis.from_url(redis_server.url)
+    procs = []
+    try:
+        api, url = start_api(env, home / "logs")
+        procs.append(api)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            http.get("/health")  # the API's own keys (rate limit, health) before the baseline
+            time.sleep(0.5)
+            empty, empty_keys = used_memory(conn), conn.dbsize()
+            job_ids = []
+            for i in range(args.jobs):
+                file_ids = [10_000 + (i * args.files + n) % 90_000 for n in range(args.files)]
+                response = http.post(
+                    "/v1/download/initiate",
+                    json={"file_ids": file_ids},
+                    headers={"Idempotency-Key": str(uuid.uuid4())},
+                )
+                response.raise_for_status()
+                job_ids.append(response.json()["jobId"])
+            queued, queued_keys = used_memory(conn), conn.dbsize()
+            procs.append(spawn("worker", [sys.executable, "-m", "service", "worker"], env, home / "logs"))
+            deadline = time.monotonic() + args.timeout
+            while (left := unfinished(conn, job_ids)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)  # RQ's own bookkeeping after the last job returns
+            finished, finished_keys = used_memory(conn), conn.dbsize()
+            groups = by_pattern(conn)
+    finally:
+        for proc in procs:
+            proc.stop()
+        conn.close()
+        s3.stop()
+        redis_server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+    n = args.jobs
+    print(f"Redis memory per job: {n} jobs of {args.files} file(s), one API process, one worker")
+    print(f"  empty database: used_memory {empty / 2**20:.2f} MiB, {empty_keys} keys")
+    for name, memory, keys in (("queued", queued, queued_keys), ("finished", finished, finished_keys)):
+        print(
+            f"  all {name + ':':9} {(memory - empty) / n:7.0f} bytes per job, "
+            f"{(keys - empty_keys) / n:.1f} keys per job"
+        )
+    print(f"  jobs still active after {args.timeout:.0f} s: {left}")
+    print("  finished, by key pattern (MEMORY USAGE; 'per job' = bytes / jobs):")
+    for name, (keys, size) in sorted(groups.items(), key=lambda item: -item[1][1]):
+        print(f"    {size / n:7.0f} B/job  {keys:6d} keys  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Benchmark scripts run end to end on a small scale and print what they promise.
+
+These check that the scripts still work and measure what they say, not their figures (those
+come from running them on a quiet machine, never from a timed assertion here).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.procs import ROOT, require_binary
+
+COST = re.compile(
+    r"API CPU per stream for (event|ending)\s*: +(\d+) us \(.*\); "
+    r"bare uvicorn +(\d+) us \(.*\); ratio ([\d.]+)"
+)
+DELAY = re.compile(r"terminal event written -> received, (service|bare uvicorn): p50 \d+ ms, p99 \d+ ms")
+
+
+def run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_sse_phases_measure_the_service_and_the_bare_floor_on_the_same_streams():
+    """A handful of streams, one round: loadtest/sse_floor.py delivers every event too."""
+    require_binary("redis-server")
+    out = run("loadtest/bench_sse.py", "--phases", "1", "--subscribers", "40", "--jobs", "1")
+    costs = {m[1]: (int(m[2]), int(m[3]), float(m[4])) for m in COST.finditer(out)}
+    assert set(costs) == {"event", "ending"}, out
+    for service, bare, ratio in costs.values():
+        assert bare > 0 and service > 0, out  # both servers did the work being timed
+        assert ratio == pytest.approx(service / bare, rel=0.1), out  # figures print rounded
+    assert {m[1] for m in DELAY.finditer(out)} == {"service", "bare uvicorn"}, out
+
+
+def test_redis_memory_counts_every_job_s_keys_and_small_streams_stay_small():
+    require_binary("redis-server")
+    jobs = 20
+    out = run("loadtest/bench_redis_memory.py", "--jobs", str(jobs), "--timeout", "60")
+    assert "jobs still active after 60 s: 0" in out, out
+    finished = re.search(r"all finished: +(\d+) bytes per job, ([\d.]+) keys per job", out)
+    assert finished and int(finished[1]) > 0 and float(finished[2]) >= 4, out
+    rows = {m[3]: (int(m[1]), int(m[2])) for m in re.finditer(r"(\d+) B/job +(\d+) keys +(\S+)", out)}
+    per_job, keys = rows["delineate:job:{id}:events"]
+    assert keys == jobs, out
+    # Redis 7 preallocates a stream node of stream-node-max-bytes (default 4096) per small stream
+    assert per_job < 4096, f"the embedded Redis runs without stream-node-max-bytes 1024: {out}"
