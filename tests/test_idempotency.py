@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import redis
 
 from service.jobs import state
-from tests.jobs import wait_for
+from tests.jobs import initiate, wait_for
 
 
 def test_same_key_same_body_returns_the_original_job_and_other_body_is_422(make_stack):
@@ -110,3 +111,21 @@ def test_a_client_over_its_active_job_limit_gets_429_until_one_finishes(make_sta
             client.post("/v1/download/initiate", json={"file_ids": [70014]}, headers=alice).status_code == 202
         )
         assert 'delineate_jobs_rejected_total{reason="client_limit"} 1.0' in client.get("/metrics").text
+
+
+def test_small_and_large_jobs_take_turns_so_neither_starves_the_other(make_stack):
+    """Fairness (docs/jobs.md): separate queues by size, served round-robin. One download slot,
+    three large jobs queued before three small ones: one FIFO queue would run the three large
+    first, small-first priority the three small first; round-robin alternates."""
+    stack = make_stack(
+        workers=0, WORKER_CONCURRENCY="1", SMALL_JOB_MAX_FILES="1", DOWNLOAD_DELAY_MIN_MS="200"
+    )
+    with stack.client() as client:
+        large = [initiate(client, [70000 + 14 * i, 70007 + 14 * i]) for i in range(3)]
+        small = [initiate(client, [70042 + 7 * i]) for i in range(3)]
+        stack.add_worker()
+        bodies = {job_id: wait_for(client, job_id, timeout_s=60) for job_id in [*large, *small]}
+    assert {body["status"] for body in bodies.values()} == {"completed"}
+    order = sorted(bodies, key=lambda job_id: bodies[job_id]["startedAt"])
+    kinds = ["large" if job_id in large else "small" for job_id in order]
+    assert all(one != next_ for one, next_ in itertools.pairwise(kinds)), kinds
