@@ -31,7 +31,7 @@ the third session's, of the same kind), 5000 streams, one API process:
 - RSS 22.0-22.1 KiB per connection (ratio 0.55; 38.4 with sse-starlette's task group per
   stream). Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
 - Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.5 s): p99
-  132-168 ms over three runs, p50 79-124 ms (PASS, ratio 0.53-0.67). The API is CPU-bound
+  98-226 ms over six runs, p50 57-172 ms (PASS, ratio 0.39-0.91). The API is CPU-bound
   through the burst (CPU 100-107 % of the window). The third session's machine measured
   445-870 ms here with the same code (FAIL).
 - --phases 3 (--pin or not): API CPU per stream 26-36 us for one event (bare uvicorn 14-16,
