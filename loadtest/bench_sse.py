@@ -447,8 +447,8 @@ async def per_stream_costs(
 ) -> Costs:
     """Per round: open the streams, then `fire("event")` (one more event on each stream) and
     `fire("ending")` (the terminal event, which ends them), each timed by the server's CPU once
-    it has gone idle again. Per round: the CPU per stream for each phase (us), and the delay
-    (p50, p99, ms) from firing the terminal event to each subscriber receiving it."""
+    it has gone idle again. Returns, one value per round: the CPU per stream for each phase
+    (us), and the delay (p50, p99, ms) from firing the terminal event to each subscriber."""
     cost: Costs = {"event": [], "ending": [], "p50": [], "p99": []}
     for _ in range(rounds):
         subscribers = await open_streams()
@@ -533,18 +533,18 @@ async def phases(
     for name in ("event", "ending"):
         mine, least = statistics.median(service[name]), statistics.median(bare[name])
         print(
-            f"  API CPU per stream for {name:6}: {mine:5.0f} us ({_each(service[name], '.0f')}); "
-            f"bare uvicorn {least:4.0f} us ({_each(bare[name], '.0f')}); ratio {mine / least:.2f}"
+            f"  API CPU per stream for {name:6}: {mine:5.0f} us ({_each(service[name])}); "
+            f"bare uvicorn {least:4.0f} us ({_each(bare[name])}); ratio {mine / least:.2f}"
         )
     for label, cost in (("service", service), ("bare uvicorn", bare)):
         print(
             f"  terminal event written -> received, {label}: p50 {statistics.median(cost['p50']):.0f} ms, "
-            f"p99 {statistics.median(cost['p99']):.0f} ms  (p99s {_each(cost['p99'], '.0f')})"
+            f"p99 {statistics.median(cost['p99']):.0f} ms  (p99s {_each(cost['p99'])})"
         )
 
 
-def _each(values: list[float], spec: str) -> str:
-    return ", ".join(format(v, spec) for v in values)
+def _each(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
 
 
 def _accepts(port: int) -> bool:
@@ -553,8 +553,9 @@ def _accepts(port: int) -> bool:
     return False
 
 
-async def open_streams(port: int, paths: list[str], count: int, batch: int) -> list[Subscriber]:
-    subscribers, errors = await connect_all(port, paths, count, batch)
+async def open_streams(port: int, job_ids: list[str], per_job: int, batch: int) -> list[Subscriber]:
+    """connect_all, and stop the run if any stream failed to open."""
+    subscribers, errors = await connect_all(port, job_ids, per_job, batch)
     if errors:
         raise SystemExit(f"{len(errors)} streams failed to open: {errors[0]!r}")
     return subscribers

@@ -370,7 +370,7 @@ def real_payloads() -> dict[str, set[str]]:
     snapshot = view_status_body()(job)
 
     recorder = Recorder()
-    state.queue_create(recorder, job, 60)
+    state.queue_create(recorder, job, 60, track_client=True)
     for event, fields in status_update_fields().items():
         state.queue_update(recorder, job.id, 60, event, **{name: "x" for name in fields})
     state.queue_file_done(recorder, job.id, 60, file, 1, 1)

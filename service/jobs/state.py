@@ -152,7 +152,7 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def queue_create(pipe: Any, job: JobRecord, ttl_s: int, *, track_client: bool = True) -> None:
+def queue_create(pipe: Any, job: JobRecord, ttl_s: int, *, track_client: bool) -> None:
     """Write a new job and its `queued` event; with `track_client`, add it to its client's set
     of active jobs (only PER_CLIENT_MAX_ACTIVE_JOBS reads it, and prunes it)."""
     pipe.hset(job_key(job.id), mapping=job.to_hash())
