@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from datetime import datetime
@@ -34,7 +33,12 @@ from pathlib import Path
 
 import httpx
 
-from service import embedded
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python loadtest/bench_api.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from loadtest.backends import Backends, private_backends  # noqa: E402
+from service import embedded  # noqa: E402
 
 BARE = textwrap.dedent(
     """
@@ -129,15 +133,16 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    root = Path(__file__).resolve().parents[1]
-    home = Path(tempfile.mkdtemp(prefix="delineate-bench-"))
-    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
-    s3 = embedded.start_seaweed(home / "s3")
-    client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
-    embedded.seed(client, "delineate")
+    with private_backends("delineate-bench-", "delineate") as backends:
+        bench(args, backends)
+
+
+def bench(args: argparse.Namespace, backends: Backends) -> None:
+    root = ROOT
+    home = backends.home
     env = embedded.stack_env(
-        redis_server.url,
-        s3.url,
+        backends.redis.url,
+        backends.s3.url,
         "delineate",
         DOWNLOAD_DELAY_ENABLED="false",
         RATE_LIMIT_MAX_REQUESTS="100000000",
@@ -155,7 +160,7 @@ def main() -> None:
     try:
         import redis
 
-        redis.Redis.from_url(redis_server.url).set("bench", "x" * 200)
+        redis.Redis.from_url(backends.redis.url).set("bench", "x" * 200)
         bare_port, real_port = embedded.free_port(), embedded.free_port()
         processes.append(serve("bench_bare:app", env, bare_port, home))
         processes.append(serve("service.api.app:app_from_env", {**env, "LOG_LEVEL": "info"}, real_port, root))
@@ -175,7 +180,7 @@ def main() -> None:
         print(
             f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"
         )
-        redis.Redis.from_url(redis_server.url).flushdb()  # our private server: drop the queued backlog
+        redis.Redis.from_url(backends.redis.url).flushdb()  # our private server: drop the queued backlog
         worker = subprocess.Popen(
             [sys.executable, "-m", "service", "worker"],
             env={**env, "LOG_LEVEL": "warning"},
@@ -201,9 +206,6 @@ def main() -> None:
         for process in processes:
             process.terminate()
             process.wait(10)
-        s3.stop()
-        redis_server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

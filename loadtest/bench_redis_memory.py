@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python loadtest/bench_redis_memory.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from loadtest.backends import Backends, private_backends  # noqa: E402
 from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, spawn, start_api  # noqa: E402
@@ -43,8 +43,12 @@ def pattern(key: str) -> str:
     return HEX.sub("{hash}", UUID.sub("{id}", key))
 
 
-def used_memory(conn: redis.Redis) -> int:
-    return int(conn.info("memory")["used_memory"])
+Groups = dict[str, tuple[int, int]]  # key pattern -> (keys, bytes by MEMORY USAGE)
+
+
+def memory(conn: redis.Redis) -> tuple[int, int]:
+    """(used_memory, DBSIZE)."""
+    return int(conn.info("memory")["used_memory"]), int(conn.dbsize())
 
 
 def unfinished(conn: redis.Redis, job_ids: list[str]) -> int:
@@ -54,8 +58,8 @@ def unfinished(conn: redis.Redis, job_ids: list[str]) -> int:
         return sum(1 for status in pipe.execute() if status is None or status.decode() not in state.TERMINAL)
 
 
-def by_pattern(conn: redis.Redis) -> dict[str, tuple[int, int]]:
-    """{key pattern: (keys, bytes by MEMORY USAGE)} over the whole database."""
+def by_pattern(conn: redis.Redis) -> Groups:
+    """The whole database's keys grouped by pattern (ids and hashes replaced)."""
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for key in conn.scan_iter(count=1000):
         name = key.decode()
@@ -63,6 +67,17 @@ def by_pattern(conn: redis.Redis) -> dict[str, tuple[int, int]]:
         group[0] += 1
         group[1] += conn.memory_usage(name, samples=0) or 0
     return {name: (keys, size) for name, (keys, size) in groups.items()}
+
+
+@dataclass
+class Figures:
+    """used_memory and DBSIZE with nothing, every job queued and every job finished."""
+
+    empty: tuple[int, int]
+    queued: tuple[int, int]
+    finished: tuple[int, int]
+    unfinished: int  # jobs not finished at the timeout
+    groups: Groups  # the finished database by key pattern
 
 
 def main() -> None:
@@ -73,14 +88,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=3, help="file ids per job (one file: no zip)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
+    with private_backends("delineate-bench-redis-", TEST_BUCKET) as backends:
+        figures = measure(args, backends)
+    report(args, figures)
 
-    home = Path(tempfile.mkdtemp(prefix="delineate-bench-redis-"))
-    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
-    s3 = embedded.start_seaweed(home / "s3")
-    embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
+
+def measure(args: argparse.Namespace, backends: Backends) -> Figures:
     env = embedded.stack_env(
-        redis_server.url,
-        s3.url,
+        backends.redis.url,
+        backends.s3.url,
         TEST_BUCKET,
         LOG_FORMAT="json",
         RATE_LIMIT_MAX_REQUESTS="100000000",
@@ -89,15 +105,16 @@ def main() -> None:
         DOWNLOAD_DELAY_MIN_MS="1",
         DOWNLOAD_DELAY_MAX_MS="5",
     )
-    conn = redis.Redis.from_url(redis_server.url)
+    logs = backends.home / "logs"
+    conn = redis.Redis.from_url(backends.redis.url)
     procs = []
     try:
-        api, url = start_api(env, home / "logs")
+        api, url = start_api(env, logs)
         procs.append(api)
         with httpx.Client(base_url=url, timeout=30) as http:
             http.get("/health")  # the API's own keys (rate limit, health) before the baseline
             time.sleep(0.5)
-            empty, empty_keys = used_memory(conn), conn.dbsize()
+            empty = memory(conn)
             job_ids = []
             for i in range(args.jobs):
                 file_ids = [10_000 + (i * args.files + n) % 90_000 for n in range(args.files)]
@@ -108,33 +125,32 @@ def main() -> None:
                 )
                 response.raise_for_status()
                 job_ids.append(response.json()["jobId"])
-            queued, queued_keys = used_memory(conn), conn.dbsize()
-            procs.append(spawn("worker", [sys.executable, "-m", "service", "worker"], env, home / "logs"))
-            deadline = time.monotonic() + args.timeout
-            while (left := unfinished(conn, job_ids)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1)  # RQ's own bookkeeping after the last job returns
-            finished, finished_keys = used_memory(conn), conn.dbsize()
-            groups = by_pattern(conn)
+        queued = memory(conn)
+        procs.append(spawn("worker", [sys.executable, "-m", "service", "worker"], env, logs))
+        deadline = time.monotonic() + args.timeout
+        while (left := unfinished(conn, job_ids)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # RQ's own bookkeeping after the last job returns
+        return Figures(empty, queued, memory(conn), left, by_pattern(conn))
     finally:
         for proc in procs:
             proc.stop()
         conn.close()
-        s3.stop()
-        redis_server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
+
+def report(args: argparse.Namespace, figures: Figures) -> None:
     n = args.jobs
+    (empty, empty_keys) = figures.empty
     print(f"Redis memory per job: {n} jobs of {args.files} file(s), one API process, one worker")
     print(f"  empty database: used_memory {empty / 2**20:.2f} MiB, {empty_keys} keys")
-    for name, memory, keys in (("queued", queued, queued_keys), ("finished", finished, finished_keys)):
+    for name, (used, keys) in (("queued", figures.queued), ("finished", figures.finished)):
         print(
-            f"  all {name + ':':9} {(memory - empty) / n:7.0f} bytes per job, "
+            f"  all {name + ':':9} {(used - empty) / n:7.0f} bytes per job, "
             f"{(keys - empty_keys) / n:.1f} keys per job"
         )
-    print(f"  jobs still active after {args.timeout:.0f} s: {left}")
+    print(f"  jobs still active after {args.timeout:.0f} s: {figures.unfinished}")
     print("  finished, by key pattern (MEMORY USAGE; 'per job' = bytes / jobs):")
-    for name, (keys, size) in sorted(groups.items(), key=lambda item: -item[1][1]):
+    for name, (keys, size) in sorted(figures.groups.items(), key=lambda item: -item[1][1]):
         print(f"    {size / n:7.0f} B/job  {keys:6d} keys  {name}")
 
 

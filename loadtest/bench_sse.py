@@ -54,11 +54,9 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -74,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: tests/ helpers
     sys.path.insert(0, str(ROOT))
 
+from loadtest.backends import Backends, private_backends  # noqa: E402
 from loadtest.procstat import threads_cpu_s, usage  # noqa: E402
 from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
@@ -253,14 +252,17 @@ def main() -> None:
     total = per_job * args.jobs
     nofile = raise_nofile(total + 1024)
 
-    home = Path(tempfile.mkdtemp(prefix="delineate-bench-sse-"))
-    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
-    s3 = embedded.start_seaweed(home / "s3")
-    embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), TEST_BUCKET)
+    with private_backends("delineate-bench-sse-", TEST_BUCKET, keep=args.keep) as backends:
+        bench(args, backends, per_job, total, nofile)
+
+
+def bench(args: argparse.Namespace, backends: Backends, per_job: int, total: int, nofile: int) -> None:
+    """The API (and, for the fan-out run, a worker) on `backends`; then the chosen mode."""
+    home = backends.home
     low, _, high = args.delay_ms.partition("-")
     env = embedded.stack_env(
-        redis_server.url,
-        s3.url,
+        backends.redis.url,
+        backends.s3.url,
         TEST_BUCKET,
         LOG_FORMAT="json",
         RATE_LIMIT_MAX_REQUESTS="100000000",
@@ -295,19 +297,13 @@ def main() -> None:
         )
 
         if args.phases:
-            uvloop.run(phases(args, url, api, redis_server.url, env, home))
+            uvloop.run(phases(args, url, api, backends.redis.url, env, home))
             return
         base = (rss_before, cpu_before)
-        uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, redis_server.url, base, total))
+        uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, backends.redis.url, base, total))
     finally:
         for proc in procs:
             proc.stop()
-        s3.stop()
-        redis_server.stop()
-        if args.keep:
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
 
 
 async def run(

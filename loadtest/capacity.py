@@ -30,7 +30,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:  # `python loadtest/capacity.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from loadtest import proxylimit  # noqa: E402
+from loadtest.backends import Backends, private_backends  # noqa: E402
 from loadtest.procstat import Usage, busy_cores, children_of, load_1m, usage  # noqa: E402
 from service import embedded  # noqa: E402
 from service.jobs import enqueue, state  # noqa: E402
@@ -538,10 +538,14 @@ def main() -> int:
         raise SystemExit(f"{out} is not empty and holds no earlier capacity run: pick another --out")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    home = Path(tempfile.mkdtemp(prefix="delineate-capacity-"))
-    redis_server = embedded.start_redis(home / "redis", binary=shutil.which("redis-server"))
-    s3 = embedded.start_seaweed(home / "s3")
-    embedded.seed(embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY), BUCKET)
+    with private_backends("delineate-capacity-", BUCKET) as backends:
+        return run(args, backends)
+
+
+def run(args: argparse.Namespace, backends: Backends) -> int:
+    """The stack and Locust on `backends`, sampled until Locust exits; 0 if every aim passed."""
+    out = args.out
+    redis_server, s3 = backends.redis, backends.s3
     conn = redis.Redis.from_url(redis_server.url)
     stack: Stack | None = None
     locust: Proc | None = None
@@ -582,9 +586,7 @@ def main() -> int:
             locust.stop()
         if stack is not None:
             stack.stop()
-        s3.stop()
-        redis_server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        conn.close()
 
 
 if __name__ == "__main__":
