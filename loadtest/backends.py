@@ -11,12 +11,26 @@ from pathlib import Path
 
 from service import embedded
 
+# One client sends all of a load script's requests: nothing may refuse it for being one client.
+# Logs are JSON lines, as in production.
+LOAD_SETTINGS = {
+    "RATE_LIMIT_MAX_REQUESTS": "100000000",
+    "PER_CLIENT_MAX_ACTIVE_JOBS": "0",
+    "QUEUE_MAX_DEPTH": "100000000",
+    "LOG_FORMAT": "json",
+}
+
 
 @dataclass(frozen=True)
 class Backends:
     home: Path  # the run's temporary directory: servers' data and logs, and the scripts' own
     redis: embedded.Server
     s3: embedded.Server
+    bucket: str
+
+    def env(self, **settings: str) -> dict[str, str]:
+        """The API's and workers' environment on these servers: LOAD_SETTINGS, then `settings`."""
+        return embedded.stack_env(self.redis.url, self.s3.url, self.bucket, **{**LOAD_SETTINGS, **settings})
 
 
 @contextmanager
@@ -32,7 +46,7 @@ def private_backends(prefix: str, bucket: str, *, keep: bool = False) -> Iterato
             try:
                 client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
                 embedded.seed(client, bucket)
-                yield Backends(home, redis_server, s3)
+                yield Backends(home, redis_server, s3, bucket)
             finally:
                 s3.stop()
         finally:

@@ -31,7 +31,6 @@ if str(ROOT) not in sys.path:  # `python loadtest/bench_redis_memory.py` from an
     sys.path.insert(0, str(ROOT))
 
 from loadtest.backends import Backends, private_backends  # noqa: E402
-from service import embedded  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, spawn, start_api  # noqa: E402
 
@@ -94,17 +93,7 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, backends: Backends) -> Figures:
-    env = embedded.stack_env(
-        backends.redis.url,
-        backends.s3.url,
-        TEST_BUCKET,
-        LOG_FORMAT="json",
-        RATE_LIMIT_MAX_REQUESTS="100000000",
-        PER_CLIENT_MAX_ACTIVE_JOBS="0",
-        QUEUE_MAX_DEPTH="1000000",
-        DOWNLOAD_DELAY_MIN_MS="1",
-        DOWNLOAD_DELAY_MAX_MS="5",
-    )
+    env = backends.env(DOWNLOAD_DELAY_MIN_MS="1", DOWNLOAD_DELAY_MAX_MS="5")
     logs = backends.home / "logs"
     conn = redis.Redis.from_url(backends.redis.url)
     procs = []

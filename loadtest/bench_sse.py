@@ -260,14 +260,8 @@ def bench(args: argparse.Namespace, backends: Backends, per_job: int, total: int
     """The API (and, for the fan-out run, a worker) on `backends`; then the chosen mode."""
     home = backends.home
     low, _, high = args.delay_ms.partition("-")
-    env = embedded.stack_env(
-        backends.redis.url,
-        backends.s3.url,
-        TEST_BUCKET,
-        LOG_FORMAT="json",
-        RATE_LIMIT_MAX_REQUESTS="100000000",
+    env = backends.env(
         DEDUPE_WINDOW_S="0",  # --jobs identical one-file jobs must stay separate jobs
-        PER_CLIENT_MAX_ACTIVE_JOBS="0",
         DOWNLOAD_DELAY_MIN_MS=low,
         DOWNLOAD_DELAY_MAX_MS=high or low,
     )

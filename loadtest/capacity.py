@@ -162,12 +162,9 @@ class Sampler:
 # -- the stack -------------------------------------------------------------------------------
 
 
-def stack_env(redis_url: str, s3_url: str, args: argparse.Namespace) -> dict[str, str]:
+def stack_env(backends: Backends, args: argparse.Namespace) -> dict[str, str]:
     """Production defaults except what one box under one client's load needs changed."""
-    return embedded.stack_env(
-        redis_url,
-        s3_url,
-        BUCKET,
+    return backends.env(
         DOWNLOAD_DELAY_ENABLED="true",
         DOWNLOAD_DELAY_MIN_MS=str(args.delay_min_ms),
         DOWNLOAD_DELAY_MAX_MS=str(args.delay_max_ms),
@@ -175,9 +172,6 @@ def stack_env(redis_url: str, s3_url: str, args: argparse.Namespace) -> dict[str
         POLL_INTERVAL_S=str(args.poll_interval_s),
         LOG_LEVEL=args.log_level,
         API_WORKERS=str(args.api_workers),
-        LOG_FORMAT="json",
-        RATE_LIMIT_MAX_REQUESTS="1000000000",  # all load comes from one client IP
-        PER_CLIENT_MAX_ACTIVE_JOBS="0",  # ditto: no per-client cap
         DEDUPE_WINDOW_S="0",  # 1,000 users pick from 252 five-file sets: no merging
     )
 
@@ -545,12 +539,11 @@ def main() -> int:
 def run(args: argparse.Namespace, backends: Backends) -> int:
     """The stack and Locust on `backends`, sampled until Locust exits; 0 if every aim passed."""
     out = args.out
-    redis_server, s3 = backends.redis, backends.s3
-    conn = redis.Redis.from_url(redis_server.url)
+    conn = redis.Redis.from_url(backends.redis.url)
     stack: Stack | None = None
     locust: Proc | None = None
     try:
-        env = stack_env(redis_server.url, s3.url, args)
+        env = stack_env(backends, args)
         api, url = start_api(env, out / "logs")
         stack = Stack(env=env, url=url, logdir=out / "logs", api=api)
         metrics_urls = start_workers(stack, args.workers)
@@ -559,7 +552,7 @@ def run(args: argparse.Namespace, backends: Backends) -> int:
         print(f"starting at 1-min load {load:.2f}", flush=True)
         groups = {"api": api.process.pid}
         groups.update({w.name: w.process.pid for w in stack.workers})
-        groups.update({"redis": redis_server.process.pid, "seaweedfs": s3.process.pid})
+        groups.update({"redis": backends.redis.process.pid, "seaweedfs": backends.s3.process.pid})
         sampler = Sampler(groups, metrics_urls, conn, url)
         locust = run_locust(url, out, args)
         groups["locust"] = locust.process.pid
