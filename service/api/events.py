@@ -39,8 +39,8 @@ class WindDown:
 
     When many jobs end together, each stream's last write is followed by its ending: its
     response completes through the middleware (access log line, metrics), uvicorn handles the
-    close, and its objects are freed. That costs about three times a write (about 200 us against
-    75 us per stream, `loadtest/bench_sse.py --phases`), and in first-come order it queued in
+    close, and its objects are freed. That costs about twice an event's write (50-60 us against
+    26-36 us per stream, `loadtest/bench_sse.py --phases`), and in first-come order it queued in
     front of the events other subscribers still waited for. Here finished streams are let go
     PER_TURN at a time per event-loop turn (so new events are read between them), and only while
     no subscription holds an event its stream has not taken yet; one that waited MAX_WAIT_S goes
