@@ -60,6 +60,8 @@ def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tm
     # read from Redis at scrape time
     assert ("delineate_queue_depth", (("queue", "downloads-small"),)) in api
     assert value(api, "delineate_rq_workers") == 1
+    assert value(api, "delineate_redis_memory_used_bytes") > 0
+    assert api[("delineate_redis_memory_max_bytes", ())] == 0  # the test Redis sets no maxmemory
     assert value(api, "delineate_http_requests_in_progress") == 1  # this scrape itself
     # the worker kept its own registry: its counts are not merged into the API's
     assert value(scrape(worker_url), "delineate_jobs_started_total") == 1

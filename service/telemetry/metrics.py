@@ -264,7 +264,8 @@ RQ_WORKER_STATES = ("busy", "idle", "started", "suspended")
 
 
 class QueueCollector(Collector):
-    """LLEN of each RQ queue and RQ's registered workers by state, read from Redis per scrape.
+    """LLEN of each RQ queue, RQ's registered workers by state and Redis's memory against its
+    maxmemory (with `noeviction` a full Redis refuses new jobs), read from Redis per scrape.
 
     `conn_factory` returns a synchronous redis client; errors yield no samples (a scrape must
     not fail because Redis is down: the API's own metrics still matter then).
@@ -283,7 +284,8 @@ class QueueCollector(Collector):
             with conn.pipeline(transaction=False) as pipe:
                 for name in self.queues:
                     pipe.llen(Queue(name, connection=conn).key)
-                depths = pipe.execute()
+                pipe.info("memory")
+                *depths, memory = pipe.execute()
             workers = Worker.all(connection=conn)
             states = [str(getattr(w.get_state(), "value", w.get_state())) for w in workers]
         except Exception:  # Redis unreachable: export nothing rather than fail the scrape
@@ -300,6 +302,14 @@ class QueueCollector(Collector):
         for state in sorted({*RQ_WORKER_STATES, *states}):
             family.add_metric([state], states.count(state))
         yield family
+        yield GaugeMetricFamily(
+            "delineate_redis_memory_used_bytes", "Redis used_memory.", value=memory["used_memory"]
+        )
+        yield GaugeMetricFamily(
+            "delineate_redis_memory_max_bytes",
+            "Redis maxmemory (0: no limit, then the host's memory is).",
+            value=memory["maxmemory"],
+        )
 
 
 # -- exposition --------------------------------------------------------------------------------
