@@ -138,7 +138,6 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace, backends: Backends) -> None:
-    root = ROOT
     home = backends.home
     env = backends.env(  # the queue depth check still runs, it never refuses here
         DOWNLOAD_DELAY_ENABLED="false",
@@ -157,7 +156,7 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         redis.Redis.from_url(backends.redis.url).set("bench", "x" * 200)
         bare_port, real_port = embedded.free_port(), embedded.free_port()
         processes.append(serve("bench_bare:app", env, bare_port, home))
-        processes.append(serve("service.api.app:app_from_env", {**env, "LOG_LEVEL": "info"}, real_port, root))
+        processes.append(serve("service.api.app:app_from_env", {**env, "LOG_LEVEL": "info"}, real_port, ROOT))
         bare, real = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{real_port}"
         job = httpx.post(f"{real}/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
 
@@ -178,7 +177,7 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         worker = subprocess.Popen(
             [sys.executable, "-m", "service", "worker"],
             env={**env, "LOG_LEVEL": "warning"},
-            cwd=root,
+            cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -66,6 +66,7 @@ from pathlib import Path
 import httptools
 import httpx
 import redis
+import redis.asyncio as aioredis
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +162,9 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    return threads_cpu_s(pid)
+    """CPU seconds over the process's life, exited threads included (a worker's downloads run
+    in threads that end), in 10 ms ticks: for spans of seconds."""
+    return usage(pid, {}).cpu_s
 
 
 def raise_nofile(wanted: int) -> int:
@@ -415,11 +418,12 @@ async def run(
 
 
 def settled_cpu_s(pid: int) -> float:
-    """The process's CPU time once it has stopped using any (its work on the last event done)."""
-    last = cpu_s(pid)
+    """The process's CPU time once it has stopped using any (its work on the last event done),
+    at ns resolution: a phase of a few streams takes well under a 10 ms tick."""
+    last = threads_cpu_s(pid)
     while True:
         time.sleep(0.3)
-        now = cpu_s(pid)
+        now = threads_cpu_s(pid)
         if now - last < 0.002:
             return now
         last = now
@@ -464,7 +468,7 @@ async def phases(
     """The service's per-stream CPU for one event (a `progress`) and for the last one with the
     stream's ending, then the same for loadtest/sse_floor.py (a bare ASGI app on the same
     server), and the ratios: what Delineate adds to the least a stream costs on this machine."""
-    conn = redis.Redis.from_url(redis_url)
+    conn = aioredis.Redis.from_url(redis_url)
     port = int(url.rsplit(":", 1)[1])
     job_id = ""
 
@@ -480,14 +484,14 @@ async def phases(
             if name == "event"
             else (state.COMPLETED, {"status": state.COMPLETED, "finished_at": state.now_iso()})
         )
-        with conn.pipeline() as pipe:
+        async with conn.pipeline() as pipe:
             state.queue_event(pipe, job_id, event, data, 600)
-            pipe.execute()
+            await pipe.execute()
 
     service = await per_stream_costs(
         api.process.pid, args.phases, open_job_streams, write_event, args.timeout
     )
-    conn.close()
+    await conn.aclose()
     api.stop()  # the floor gets the machine to itself, as the service had
 
     floor_port = embedded.free_port()

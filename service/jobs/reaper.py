@@ -95,11 +95,11 @@ def reap(conn: redis.Redis, settings: Settings) -> ReapReport:
     gone = set(suspects) - set(ids)
     if gone:
         conn.hdel(SUSPECTS_KEY, *gone)
-    report.forgotten = forget_expired(conn, settings, time.time())
+    report.forgotten = _forget_expired(conn, settings, time.time())
     return report
 
 
-def forget_expired(conn: redis.Redis, settings: Settings, now: float) -> int:
+def _forget_expired(conn: redis.Redis, settings: Settings, now: float) -> int:
     """Drop ids from the job index once their jobs expired INDEX_KEPT_S ago (then 404, not 410)."""
     return int(conn.zremrangebyscore(state.INDEX_KEY, "-inf", now - settings.job_ttl_s - state.INDEX_KEPT_S))
 
