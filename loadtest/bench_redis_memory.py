@@ -9,7 +9,7 @@ each kind of key costs per job, and which keys outlive the jobs.
 
     .venv/bin/python loadtest/bench_redis_memory.py [--jobs 2000] [--files 3]
 
-Measured 2026-11-29 (fourth session), Redis 7.0 (Debian), --jobs 2000: queued 4.6 KB, finished
+Measured 2026-11-29, Redis 7.0 (Debian), --jobs 2000: queued 4.6 KB, finished
 6.5 KB per job (--files 1 about the same); the events stream, RQ's job hash and RQ's results
 stream are 1.7-1.8 KB each. With Redis's default stream-node-max-bytes (4096, before compose and
 the embedded Redis set 1024) it was 7.7 and 12.7 KB: each small stream preallocated a 4 KB node.

@@ -26,14 +26,14 @@ uvicorn with the same client, and prints the service's costs as ratios to that f
 bunched p99 below is CPU-bound and follows the machine; the ratios should move less (not yet
 checked on a second machine).
 
-Measured 2026-11-29 (fourth session; this machine was 2.5-3 times faster per operation than
-the third session's, of the same kind), 5000 streams, one API process:
+Measured 2026-11-29 on a 2-core VM (2.5-3 times faster per operation than another of the same
+kind measured that day), 5000 streams, one API process:
 - RSS 22.0-22.1 KiB per connection (ratio 0.55; 38.4 with sse-starlette's task group per
   stream). Redis PUBSUB NUMSUB delineate:events = 1 with 5000 streams.
 - Bunched completions (default --delay-ms 100-300: all 50 jobs end within ~0.5 s): p99
   98-226 ms over six runs, p50 57-172 ms (PASS, ratio 0.39-0.91). The API is CPU-bound
-  through the burst (CPU 100-107 % of the window). The third session's machine measured
-  445-870 ms here with the same code (FAIL).
+  through the burst (CPU 100-107 % of the window). The slower VM measured 445-870 ms here
+  with the same code (FAIL).
 - --phases 3 (--pin or not): API CPU per stream 26-36 us for one event (bare uvicorn 14-16,
   ratio 1.9-2.1) and 84-90 us for the last event with the stream's ending: response completion
   through the middleware with its access log line and metrics, uvicorn's close, freeing the
