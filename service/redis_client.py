@@ -40,7 +40,8 @@ def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Re
     """For the API's event loop: status reads, the rate limiter, SSE fan-out.
 
     Replies come as str, decoded by hiredis in C: the status route reads a whole job hash per
-    request, and decoding it field by field in Python cost ~10 us of it.
+    request, and decoding it field by field in Python was a measurable part of that request
+    (docs/benchmarks.md).
     """
     retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2)
     pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
@@ -54,7 +55,7 @@ class TurnPipeline:
 
     Under load dozens of requests read a job or count a rate-limit hit in the same turn; one
     pipeline answers all of them with one connection, one write and one read, where separate
-    commands cost the client about twice as much each (acquire, pack, timeout, parse). Commands
+    commands each cost the client more (acquire, pack, timeout, parse; docs/benchmarks.md). Commands
     run in the order they were queued, and each caller gets its own reply or its own error.
     """
 

@@ -17,6 +17,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 FILE_ID_MIN = 10_000
 FILE_ID_MAX = 100_000_000
 FILE_IDS_MAX = 1_000
+# A client's X-Request-ID is kept when it matches this, else replaced, by the API
+# (service/api/middleware.py) and by nginx, whose configs render it into a map
+# (service/proxy/render.py): both layers keep or replace the same ids. It lives here because
+# the proxy tooling already imports this module and must not import the API's middleware
+# (Starlette, telemetry).
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 
 
 class SettingsError(RuntimeError):

@@ -82,12 +82,13 @@ GC_GEN0_THRESHOLD = 10_000
 
 
 def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the request path (measured: 25% of a status request).
+    """Keep the cyclic garbage collector off the request path, where it was measured to take a
+    large share of a status request's CPU (docs/benchmarks.md).
 
     Requests in flight together (a rate-limit batch resumes dozens at once) push the young
     generation past Python's default threshold of 700 live allocations many times a second,
-    and each full collection walks the ~120,000 objects the imports left. Objects alive at
-    start-up are frozen (never scanned again) and the young generation may grow to 10,000;
+    and each full collection walks every object the imports left. Objects alive at start-up
+    are frozen (never scanned again) and the young generation may grow to GC_GEN0_THRESHOLD;
     garbage without cycles is still freed at once by reference counting.
     """
     gc.collect()

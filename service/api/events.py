@@ -39,12 +39,13 @@ class WindDown:
 
     When many jobs end together, each stream's last write is followed by its ending: its
     response completes through the middleware (access log line, metrics), uvicorn handles the
-    close, and its objects are freed. That costs about twice an event's write (50-60 us against
-    26-36 us per stream, `loadtest/bench_sse.py --phases`), and in first-come order it queued in
-    front of the events other subscribers still waited for. Here finished streams are let go
-    PER_TURN at a time per event-loop turn (so new events are read between them), and only while
-    no subscription holds an event its stream has not taken yet; one that waited MAX_WAIT_S goes
-    anyway, so a client too slow to take its events cannot hold the others' endings for long.
+    close, and its objects are freed. An ending costs the API more CPU than an event's write
+    (`loadtest/bench_sse.py --phases`, docs/benchmarks.md), and in first-come order the endings
+    queued in front of the events other subscribers still waited for. Here finished streams are
+    let go PER_TURN at a time per event-loop turn (so new events are read between them), and
+    only while no subscription holds an event its stream has not taken yet; one that waited
+    MAX_WAIT_S goes anyway, so a client too slow to take its events cannot hold the others'
+    endings for long.
     """
 
     PER_TURN = 4
@@ -100,7 +101,7 @@ class WindDown:
 class Subscription:
     """One stream's pending entries and at most one waiter.
 
-    Lighter than an asyncio.Queue (three deques, ~2.2 KiB): thousands of streams hold one each.
+    Lighter than an asyncio.Queue (which keeps three deques): thousands of streams hold one each.
     A cancelled `get` loses nothing.
     """
 

@@ -3,8 +3,9 @@
 Order, outermost first (see app.py): Edge -> CORS (Starlette's, entered only by requests with
 an Origin header) -> RateLimit -> the route.
 Edge is one layer rather than four (client address, request context, telemetry, headers):
-each layer costs a coroutine call and each `send` wrapper one more call per ASGI message, and
-the status route measured 10-15 % faster with them merged (loadtest/bench_api.py).
+each layer costs a coroutine call and each `send` wrapper one more call per ASGI message, on
+every request; merged, the status route measured faster (loadtest/bench_api.py,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import error_body
 from service.api.ratelimit import RateLimiter
 from service.api.responses import JSONResponse
+from service.settings import REQUEST_ID_PATTERN
 from service.telemetry import metrics, tracing
 from service.telemetry.logging import access_logger, get_logger
 
 log = get_logger("service.api")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "SAMEORIGIN",
@@ -151,8 +153,8 @@ class CORSMiddleware(cors.CORSMiddleware):
     """Starlette's CORS, entered only by requests that carry an Origin header.
 
     A request without one is not a CORS request: all the layer would do is add `Vary: Origin`
-    (Edge's DEFAULT_HEADERS has it) at the cost of a `send` wrapper and a header rewrite,
-    about 6 % of a status request.
+    (Edge's DEFAULT_HEADERS has it) at the cost of a `send` wrapper and a header rewrite, a
+    measurable share of a status request (docs/benchmarks.md).
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,9 +2,9 @@
 
 sse-starlette's EventSourceResponse runs every stream as an anyio task group of three tasks
 (the stream, a disconnect listener, a shutdown listener) and puts a cancel scope and a lock
-around each send. With 5,000 open streams that machinery was about 40 % of the API's CPU when
-many jobs ended at once, and about a third of each connection's memory
-(loadtest/bench_sse.py). Here a stream is the request's task plus one small task waiting on
+around each send. With thousands of open streams that machinery was a large share of the API's
+CPU when many jobs ended at once, and of each connection's memory (loadtest/bench_sse.py,
+docs/benchmarks.md). Here a stream is the request's task plus one small task waiting on
 `receive()`, so that a client who goes away is noticed at once rather than at the next write;
 events are still encoded by sse-starlette's ServerSentEvent (service/api/routes/stream.py).
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.proxy.profiles import Profile
+from service.settings import REQUEST_ID_PATTERN
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-REQUEST_ID_PATTERN = "^[A-Za-z0-9._:@/+=-]{1,128}$"  # the API's own rule (service/api/middleware.py)
 
 
 class _Template(string.Template):
