@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint format lock loadtest bench capacity clean
+.PHONY: run test test-fast lint format lock loadtest bench capacity clean
 
 $(BIN)/delineate: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(BIN)/delineate
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# For local iteration: stops at the first failure, skips the slow drills and the browser tests.
+test-fast: $(BIN)/delineate
+	$(BIN)/pytest -q -x -m "not slow and not browser"
 
 lint: $(BIN)/delineate
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -20,6 +20,7 @@ Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -33,12 +34,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python loadtest/bench_api.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from loadtest.backends import Backends, private_backends  # noqa: E402
-from service import embedded  # noqa: E402
+from backends import LOAD_SETTINGS
+from service import harness
+from service.harness import Backends, Proc
 
 BARE = textwrap.dedent(
     """
@@ -71,7 +69,8 @@ POST_LUA = (
 )
 
 
-def serve(app: str, env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+def serve(name: str, app: str, env: dict[str, str], port: int, logs: Path, cwd: Path) -> Proc:
+    """uvicorn serving `app` (importable from `cwd`), ready once it answers."""
     args = [
         sys.executable,
         "-m",
@@ -85,9 +84,9 @@ def serve(app: str, env: dict[str, str], port: int, cwd: Path) -> subprocess.Pop
         "httptools",
     ]
     args += ["--no-access-log", "--log-level", "warning"]
-    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    embedded.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, process)
-    return process
+    proc = harness.spawn(name, args, env, logs, cwd=cwd)
+    harness.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, proc.process)
+    return proc
 
 
 def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, float]:
@@ -133,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    with private_backends("delineate-bench-", "delineate") as backends:
+    with harness.private_backends("delineate-bench-", "delineate", settings=LOAD_SETTINGS) as backends:
         bench(args, backends)
 
 
@@ -149,14 +148,16 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
     (home / "bench_bare.py").write_text(BARE)
     lua = home / "post.lua"
     lua.write_text(POST_LUA)
-    processes: list[subprocess.Popen[bytes]] = []
+    procs: list[Proc] = []
     try:
         import redis
 
         redis.Redis.from_url(backends.redis.url).set("bench", "x" * 200)
-        bare_port, real_port = embedded.free_port(), embedded.free_port()
-        processes.append(serve("bench_bare:app", env, bare_port, home))
-        processes.append(serve("service.api.app:app_from_env", {**env, "LOG_LEVEL": "info"}, real_port, ROOT))
+        bare_port, real_port = harness.free_port(), harness.free_port()
+        logs, service = home / "logs", harness.PACKAGE_PARENT
+        procs.append(serve("bare", "bench_bare:app", env, bare_port, logs, home))
+        real_env = {**env, "LOG_LEVEL": "info"}
+        procs.append(serve("api", "service.api.app:app_from_env", real_env, real_port, logs, service))
         bare, real = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{real_port}"
         job = httpx.post(f"{real}/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
 
@@ -174,14 +175,8 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
             f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"
         )
         redis.Redis.from_url(backends.redis.url).flushdb()  # our private server: drop the queued backlog
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service", "worker"],
-            env={**env, "LOG_LEVEL": "warning"},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(worker)
+        worker = [sys.executable, "-m", "service", "worker"]
+        procs.append(harness.spawn("worker", worker, {**env, "LOG_LEVEL": "warning"}, home / "logs"))
         latencies = []
         with httpx.Client(base_url=real, timeout=10) as http:
             for _ in range(args.jobs):
@@ -196,9 +191,9 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         print(f"   p50 {p50:.1f} ms  p99 {p99:.1f} ms   (target p50 <= 50 ms)")
         print(json.dumps({"latency_ms": {"p50": p50, "p99": p99}}))
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
+        with contextlib.ExitStack() as stops:  # every one stopped, each asserting a clean exit
+            for proc in procs:
+                stops.callback(proc.stop)
 
 
 if __name__ == "__main__":

@@ -19,24 +19,22 @@ Small runs are dominated by RQ's fixed keys (50 jobs: 25 KB per job).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python loadtest/bench_redis_memory.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from backends import LOAD_SETTINGS
+from service.harness import Backends, private_backends, spawn, start_api
+from service.jobs import state
 
-from loadtest.backends import Backends, private_backends  # noqa: E402
-from service.jobs import state  # noqa: E402
-from tests.procs import TEST_BUCKET, spawn, start_api  # noqa: E402
+BUCKET = "delineate"
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 HEX = re.compile(r"\b[0-9a-f]{16,}\b")
@@ -91,7 +89,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=3, help="file ids per job (one file: no zip)")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    with private_backends("delineate-bench-redis-", TEST_BUCKET) as backends:
+    with private_backends("delineate-bench-redis-", BUCKET, settings=LOAD_SETTINGS) as backends:
         figures = measure(args, backends)
     report(args, figures)
 
@@ -126,9 +124,10 @@ def measure(args: argparse.Namespace, backends: Backends) -> Figures:
         time.sleep(1)  # RQ's own bookkeeping after the last job returns
         return Figures(empty, queued, memory(conn), left, by_pattern(conn))
     finally:
-        for proc in procs:
-            proc.stop()
         conn.close()
+        with contextlib.ExitStack() as stops:  # every one stopped, each asserting a clean exit
+            for proc in procs:
+                stops.callback(proc.stop)
 
 
 def report(args: argparse.Namespace, figures: Figures) -> None:

@@ -69,15 +69,14 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: tests/ helpers
-    sys.path.insert(0, str(ROOT))
+from backends import LOAD_SETTINGS
+from procstat import threads_cpu_s, usage
+from service import harness
+from service.harness import Backends, Proc, private_backends, spawn, start_api
+from service.jobs import state
 
-from loadtest.backends import Backends, private_backends  # noqa: E402
-from loadtest.procstat import threads_cpu_s, usage  # noqa: E402
-from service import embedded  # noqa: E402
-from service.jobs import state  # noqa: E402
-from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "delineate"
 
 TARGET_P99_MS = 250.0
 TARGET_KIB_PER_CONNECTION = 40.0
@@ -255,7 +254,7 @@ def main() -> None:
     total = per_job * args.jobs
     nofile = raise_nofile(total + 1024)
 
-    with private_backends("delineate-bench-sse-", TEST_BUCKET, keep=args.keep) as backends:
+    with private_backends("delineate-bench-sse-", BUCKET, settings=LOAD_SETTINGS, keep=args.keep) as backends:
         bench(args, backends, per_job, total, nofile)
 
 
@@ -299,8 +298,9 @@ def bench(args: argparse.Namespace, backends: Backends, per_job: int, total: int
         base = (rss_before, cpu_before)
         uvloop.run(run(args, port, job_ids, per_job, api, env, home, procs, backends.redis.url, base, total))
     finally:
-        for proc in procs:
-            proc.stop()
+        with contextlib.ExitStack() as stops:  # every one stopped, each asserting a clean exit
+            for proc in procs:
+                stops.callback(proc.stop)
 
 
 async def run(
@@ -494,7 +494,7 @@ async def phases(
     await conn.aclose()
     api.stop()  # the floor gets the machine to itself, as the service had
 
-    floor_port = embedded.free_port()
+    floor_port = harness.free_port()
     floor = spawn(
         "sse_floor",
         [
@@ -504,9 +504,10 @@ async def phases(
         ],
         env,
         home / "logs",
+        cwd=ROOT,
     )  # fmt: skip
     try:
-        embedded.wait_until(lambda: _accepts(floor_port), 30, "sse_floor", floor.process)
+        harness.wait_until(lambda: _accepts(floor_port), 30, "sse_floor", floor.process)
         if args.pin:
             os.sched_setaffinity(floor.process.pid, {0})
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{floor_port}") as http:

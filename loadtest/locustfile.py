@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +35,15 @@ import requests
 from locust import HttpUser, events, task
 from locust.runners import WorkerRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `locust -f loadtest/locustfile.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from loadtest import proxylimit, report, thresholds  # noqa: E402
-from loadtest.receiver import WebhookReceiver  # noqa: E402
-from loadtest.tracker import JobTracker  # noqa: E402
+import proxylimit
+import report
+import thresholds
+from receiver import WebhookReceiver
+from tracker import JobTracker
 
 log = logging.getLogger("delineate.loadtest")
 
-DEMO_FILE_IDS = tuple(range(70_000, 70_064, 7))  # what `make run` seeds (service.embedded)
+DEMO_FILE_IDS = tuple(range(70_000, 70_064, 7))  # what `make run` seeds (service.harness)
 TERMINAL = {"completed", "failed", "cancelled"}
 CONNECT_TIMEOUT_S = 5.0
 

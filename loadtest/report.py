@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadtest import thresholds
-from loadtest.tracker import JobTracker
+import thresholds
+from tracker import JobTracker
 
 REPORT_NAME = "report.md"
 PLOT_NAME = "report.png"

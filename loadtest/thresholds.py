@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest.proxylimit import MARKER
-from loadtest.tracker import JobTracker
+from proxylimit import MARKER
+from tracker import JobTracker
 
 HTTP_METHODS = {"GET", "POST", "DELETE"}
 API_PREFIX = "/v1/"

@@ -114,32 +114,32 @@ def _dev_webhook_secret(path: Path) -> str:
 
 def run_dev(settings: Settings) -> int:
     """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
-    from service import embedded
+    from service import harness
 
     log = get_logger("delineate.dev")
     env = dict(os.environ)
     for name, value in DEV_DELAY_DEFAULTS.items():
         env.setdefault(name, value)
     home = Path(tempfile.mkdtemp(prefix="delineate-dev-"))
-    servers: list[embedded.Server] = []
+    servers: list[harness.Server] = []
     children: list[subprocess.Popen[bytes]] = []
     try:
         if not settings.redis_url:
-            redis_server = embedded.start_redis(home / "redis")
+            redis_server = harness.start_redis(home / "redis")
             servers.append(redis_server)
             env["REDIS_URL"] = redis_server.url
             log.info("embedded_redis_started", url=redis_server.url, note="REDIS_URL was unset")
         if not settings.s3_endpoint:
-            s3 = embedded.start_seaweed(home / "s3")
+            s3 = harness.start_seaweed(home / "s3")
             servers.append(s3)
             env.update(
                 S3_ENDPOINT=s3.url,
-                S3_ACCESS_KEY_ID=embedded.DEV_ACCESS_KEY,
-                S3_SECRET_ACCESS_KEY=embedded.DEV_SECRET_KEY,
+                S3_ACCESS_KEY_ID=harness.DEV_ACCESS_KEY,
+                S3_SECRET_ACCESS_KEY=harness.DEV_SECRET_KEY,
                 S3_FORCE_PATH_STYLE="true",
             )
-            client = embedded.s3_client(s3.url, embedded.DEV_ACCESS_KEY, embedded.DEV_SECRET_KEY)
-            keys = embedded.seed(client, settings.s3_bucket_name)
+            client = harness.s3_client(s3.url, harness.DEV_ACCESS_KEY, harness.DEV_SECRET_KEY)
+            keys = harness.seed(client, settings.s3_bucket_name)
             log.info(
                 "embedded_s3_started",
                 url=s3.url,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
-from tests.procs import ROOT, require_binary
+from tests.support import ROOT, require_binary
 
 ARGS = [
     "--headless",

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from service.embedded import free_port
+from service.harness import free_port
 
 
 class TcpGate:

@@ -6,9 +6,10 @@ import base64
 import json
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from service.harness import wait_until
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 # Settings that let a stack deliver to a Receiver quickly.
@@ -22,16 +23,15 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.script: list[int] = []  # statuses to answer in order; then `default`
         self.default = 204
-        self.arrived = threading.Condition()
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.arrived:
+                with receiver.lock:
                     receiver.requests.append((dict(self.headers.items()), body))
                     status = receiver.script.pop(0) if receiver.script else receiver.default
-                    receiver.arrived.notify_all()
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -43,14 +43,21 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=do-not-log"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def deliveries(self, job_id: str) -> list[tuple[dict[str, str], bytes]]:
+        """The deliveries for `job_id` so far, in order."""
+        with self.lock:
+            return [(h, b) for h, b in self.requests if json.loads(b)["data"]["jobId"] == job_id]
+
     def for_job(
         self, job_id: str, count: int = 1, timeout_s: float = 20
     ) -> list[tuple[dict[str, str], bytes]]:
         """Wait until `count` deliveries for `job_id` arrived; return them in order."""
-        deadline = time.monotonic() + timeout_s
-        with self.arrived:
-            while True:
-                found = [(h, b) for h, b in self.requests if json.loads(b)["data"]["jobId"] == job_id]
-                if len(found) >= count or time.monotonic() > deadline:
-                    return found
-                self.arrived.wait(0.1)
+
+        def arrived() -> list[tuple[dict[str, str], bytes]] | None:
+            found = self.deliveries(job_id)
+            return found if len(found) >= count else None
+
+        def what() -> str:
+            return f"{count} deliveries for job {job_id} (got {len(self.deliveries(job_id))})"
+
+        return wait_until(arrived, timeout_s, what, retry_on=())

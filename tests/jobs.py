@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import redis
 from rq.executions import Execution
 from rq.job import Job
+
+from service.harness import wait_until
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -30,16 +31,16 @@ def wait_for(
     client: httpx.Client, job_id: str, statuses: set[str] = TERMINAL, timeout_s: float = 30
 ) -> dict[str, Any]:
     """Poll until the job's status is in `statuses`; return the last status body."""
-    deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
+        nonlocal body
         response = client.get(f"/v1/download/status/{job_id}")
         assert response.status_code == 200, response.text
         body = response.json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not in {statuses} after {timeout_s} s: {body}")
+        return body if body["status"] in statuses else None
+
+    return wait_until(reached, timeout_s, lambda: f"job {job_id} in {statuses}: {body}", retry_on=())
 
 
 def plant_execution(conn: redis.Redis, job_id: str, ttl_s: int, worker_name: str) -> Execution:

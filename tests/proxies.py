@@ -17,11 +17,12 @@ from pathlib import Path
 
 import httpx
 
-from service import embedded
+from service import harness
+from service.harness import Proc, Stack, spawn
 from service.proxy import render
 from service.proxy.profiles import Profile, load_profile
 from tests import sse
-from tests.procs import Proc, Stack, require_binary, spawn
+from tests.support import require_binary
 
 KINDS = ("nginx", "cloudflare", "alb")
 TIMEOUT_STATUS = {"nginx": 504, "cloudflare": 524, "alb": 504}
@@ -59,7 +60,7 @@ class Proxy:
 
 def start_proxy(kind: str, profile: Profile, upstream: str, home: Path) -> Proxy:
     """Render `kind`'s emulation for `profile` pointed at `upstream` and run it in the foreground."""
-    port = embedded.free_port()
+    port = harness.free_port()
     profile = profile.with_proxy(listen=f"127.0.0.1:{port}", upstreams=[upstream])
     prefix = home / f"{kind}-{port}"
     for sub in ("conf", "logs", "temp"):
@@ -84,12 +85,12 @@ def start_proxy(kind: str, profile: Profile, upstream: str, home: Path) -> Proxy
     proc = spawn(f"{kind}-proxy", args, {"PATH": "/usr/sbin:/usr/bin:/bin"}, prefix / "logs")
     url = f"http://127.0.0.1:{port}"
     try:
-        embedded.wait_until(
+        harness.wait_until(
             lambda: httpx.get(f"{url}/health/live", timeout=1).status_code == 200, 15, kind, proc.process
         )
     except Exception:
+        proc.kill()
         print(proc.output())
-        proc.stop()
         raise
     return Proxy(kind, url, proc, prefix)
 
@@ -100,24 +101,21 @@ def proxy_factory(
 ) -> Iterator[Callable[..., tuple[Stack, Proxy]]]:
     """Factory: (stack, proxy) for a proxy kind, a profile (default `test`), and app env overrides.
 
-    Used by a `proxied` fixture in the test modules, so each test stops its own proxies.
+    Used by a `proxied` fixture in the test modules, so each test stops its own proxies (every
+    one of them, each asserting a clean exit).
     """
-    proxies: list[Proxy] = []
+    with contextlib.ExitStack() as stops:
 
-    def make(
-        kind: str, profile_name: str = "test", workers: int = 1, **overrides: str
-    ) -> tuple[Stack, Proxy]:
-        profile = load_profile(profile_name)
-        stack = make_stack(workers=workers, **{**profile.app_env(), **overrides})
-        proxy = start_proxy(kind, profile, stack.url.removeprefix("http://"), home)
-        proxies.append(proxy)
-        return stack, proxy
+        def make(
+            kind: str, profile_name: str = "test", workers: int = 1, **overrides: str
+        ) -> tuple[Stack, Proxy]:
+            profile = load_profile(profile_name)
+            stack = make_stack(workers=workers, **{**profile.app_env(), **overrides})
+            proxy = start_proxy(kind, profile, stack.url.removeprefix("http://"), home)
+            stops.callback(proxy.proc.stop, 5)
+            return stack, proxy
 
-    try:
         yield make
-    finally:
-        for proxy in proxies:
-            proxy.proc.stop(5)
 
 
 @dataclass
@@ -171,6 +169,6 @@ def wait_for_workers(stack: Stack, count: int, timeout_s: float = 30) -> None:
 
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
     try:
-        embedded.wait_until(lambda: Worker.count(connection=conn) == count, timeout_s, "rq workers")
+        harness.wait_until(lambda: Worker.count(connection=conn) == count, timeout_s, "rq workers")
     finally:
         conn.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.harness import start_api
 from tests.jobs import initiate
-from tests.procs import start_api
 
 
 def test_root_and_health(stack):
@@ -55,6 +55,7 @@ def test_legacy_start_completes_with_a_working_presigned_url(stack, s3):
         assert failed["status"] == "failed" and failed["downloadUrl"] is None and failed["size"] is None
 
 
+@pytest.mark.slow
 def test_legacy_start_is_cut_at_request_timeout_with_json_504(make_stack):
     stack = make_stack(REQUEST_TIMEOUT_MS="1000", DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
     with stack.client() as client:
@@ -164,6 +165,7 @@ def test_cors_follows_cors_origins(make_stack):
         assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
 
 
+@pytest.mark.slow
 def test_rate_limit_is_shared_by_all_api_processes(make_stack):
     stack = make_stack(RATE_LIMIT_MAX_REQUESTS="5", RATE_LIMIT_WINDOW_MS="60000")
     second, second_url = start_api(stack.env, stack.logdir, name="api2")
@@ -186,6 +188,7 @@ def test_rate_limit_is_shared_by_all_api_processes(make_stack):
         second.stop()
 
 
+@pytest.mark.slow
 def test_forwarded_for_is_only_believed_from_a_trusted_proxy(make_stack):
     untrusted = make_stack(RATE_LIMIT_MAX_REQUESTS="2")
     with untrusted.client() as client:

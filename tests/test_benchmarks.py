@@ -6,13 +6,14 @@ come from running them on a quiet machine, never from a timed assertion here).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.procs import ROOT, require_binary
+from tests.support import ROOT, require_binary
 
 COST = re.compile(
     r"API CPU per stream for (event|ending)\s*: +(\d+) us \(.*\); "
@@ -22,11 +23,17 @@ DELAY = re.compile(r"terminal event written -> received, (service|bare uvicorn):
 
 
 def run(*args: str) -> str:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    # The scripts import `service` from the environment: make it this checkout's, whichever
+    # checkout a shared venv's editable install points at.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
+@pytest.mark.slow
 def test_sse_phases_measure_the_service_and_the_bare_floor_on_the_same_streams():
     """A handful of streams, one round: loadtest/sse_floor.py delivers every event too."""
     require_binary("redis-server")
@@ -39,6 +46,7 @@ def test_sse_phases_measure_the_service_and_the_bare_floor_on_the_same_streams()
     assert {m[1] for m in DELAY.finditer(out)} == {"service", "bare uvicorn"}, out
 
 
+@pytest.mark.slow
 def test_redis_memory_counts_every_job_s_keys_and_small_streams_stay_small():
     require_binary("redis-server")
     jobs = 20

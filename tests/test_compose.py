@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service import embedded
+from service import harness
 from service.proxy import budget, render
 from service.proxy.profiles import load_profile
 from service.settings import Settings, load_settings
-from tests.procs import ROOT, require_binary
 from tests.proxies import nginx_test
+from tests.support import ROOT, require_binary
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -354,7 +354,7 @@ def test_redis_keeps_jobs_durable():
     command = redis["command"]
     assert flag(command, "--appendonly") == "yes"
     assert flag(command, "--maxmemory-policy") == "noeviction"
-    assert flag(command, "--stream-node-max-bytes") == str(embedded.STREAM_NODE_MAX_BYTES), "as tests run it"
+    assert flag(command, "--stream-node-max-bytes") == str(harness.STREAM_NODE_MAX_BYTES), "as tests run it"
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"]), "AOF on a throwaway layer"
 
 
@@ -525,12 +525,12 @@ def test_bucket_init_seeds_the_demo_files_the_dev_mode_seeds():
     assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
     seed = host_path(init, "/seed") / "downloads"
     assert sorted(path.name for path in seed.glob("*.zip")) == sorted(
-        f"{file_id}.zip" for file_id in embedded.DEMO_FILE_IDS
+        f"{file_id}.zip" for file_id in harness.DEMO_FILE_IDS
     )
-    for file_id in embedded.DEMO_FILE_IDS:
+    for file_id in harness.DEMO_FILE_IDS:
         with (
             zipfile.ZipFile(seed / f"{file_id}.zip") as ours,
-            zipfile.ZipFile(io.BytesIO(embedded.demo_zip(file_id))) as dev,
+            zipfile.ZipFile(io.BytesIO(harness.demo_zip(file_id))) as dev,
         ):
             assert ours.testzip() is None
             assert {n: ours.read(n) for n in ours.namelist()} == {n: dev.read(n) for n in dev.namelist()}
@@ -629,7 +629,7 @@ def test_healthcheck_script_exit_code_follows_the_answer(http_server):
     assert probe("api", PORT=str(http_server)) == 0
     assert probe("worker", WORKER_METRICS_PORT=str(http_server)) == 1  # /metrics answers 503 here
     assert probe("worker") == 1  # WORKER_METRICS_PORT unset: nothing to probe is unhealthy
-    assert probe("api", PORT=str(embedded.free_port())) == 1  # nothing listening
+    assert probe("api", PORT=str(harness.free_port())) == 1  # nothing listening
 
 
 def test_bucket_init_script_uploads_every_seed_file_and_fails_loudly(tmp_path):
@@ -659,6 +659,6 @@ def test_bucket_init_script_uploads_every_seed_file_and_fails_loudly(tmp_path):
     assert calls[0] == f"alias set delineate {env['S3_ENDPOINT']} {keys[0]} {keys[1]}"
     assert calls[1] == f"mb --ignore-existing delineate/{bucket}"
     uploaded = sorted(line.split()[-1] for line in calls if line.startswith("cp "))
-    assert uploaded == sorted(f"delineate/{bucket}/downloads/{i}.zip" for i in embedded.DEMO_FILE_IDS)
+    assert uploaded == sorted(f"delineate/{bucket}/downloads/{i}.zip" for i in harness.DEMO_FILE_IDS)
     assert run(MC_FAIL="cp").returncode != 0, "a failed upload must fail the one-shot"
     assert run(SEED_DIR=str(tmp_path)).returncode != 0, "no demo files must fail the one-shot"

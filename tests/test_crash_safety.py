@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -30,14 +31,14 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 
-from service import embedded
+from service import harness
+from service.harness import Proc, Stack, running_stack, start_api
 from service.jobs import enqueue, reaper, state
 from service.redis_client import async_client
 from service.settings import Settings, load_settings
 from tests import sse
-from tests.conftest import base_env
 from tests.jobs import TERMINAL, initiate, plant_execution, wait_for
-from tests.procs import Proc, Stack, require_binary, running_stack, start_api
+from tests.support import base_env, require_binary
 
 FAST = {  # every recovery clock at its smallest: 1 s beats (3 s execution TTL), 1 s passes
     "WORKER_HEARTBEAT_S": "1",
@@ -52,7 +53,7 @@ FAST = {  # every recovery clock at its smallest: 1 s beats (3 s execution TTL),
 
 
 @pytest.fixture
-def conn(redis_factory: Callable[..., embedded.Server]) -> Iterator[redis.Redis]:
+def conn(redis_factory: Callable[..., harness.Server]) -> Iterator[redis.Redis]:
     server = redis_factory()
     client = redis.Redis.from_url(server.url)
     yield client
@@ -285,7 +286,7 @@ def _wait_idle(conn: redis.Redis, worker: Proc) -> None:
         mine = [w for w in Worker.all(connection=conn) if w.pid == worker.process.pid]
         return bool(mine) and mine[0].get_state() == "idle"
 
-    _until(idle, timeout_s=20)
+    harness.wait_until(idle, 20, f"{worker.name} idle in its BLPOP", interval_s=0.002, retry_on=())
 
 
 def _blocked_in_blpop(conn: redis.Redis) -> bool:
@@ -298,8 +299,10 @@ def _freeze_in_blpop(conn: redis.Redis, worker: Proc) -> None:
     Redis still hands that BLPOP the next job: the job leaves the queue into a frozen process,
     in no queue and in no registry. Waiting for a fresh BLPOP leaves ~1 s to create the job.
     """
-    _until(lambda: not _blocked_in_blpop(conn), timeout_s=5, pause_s=0.0005)
-    _until(lambda: _blocked_in_blpop(conn), timeout_s=5, pause_s=0.0005)
+    harness.wait_until(
+        lambda: not _blocked_in_blpop(conn), 5, "the BLPOP to return", interval_s=0.0005, retry_on=()
+    )
+    harness.wait_until(lambda: _blocked_in_blpop(conn), 5, "a fresh BLPOP", interval_s=0.0005, retry_on=())
     worker.process.send_signal(signal.SIGSTOP)
 
 
@@ -328,7 +331,7 @@ class KillLane:
         conn = redis.Redis.from_url(self.stack.env["REDIS_URL"])
         with self.stack.client() as client:
             for round_no in range(rounds):
-                self._round(conn, client, round_no % 4, embedded.DEMO_FILE_IDS[round_no % 10], rng)
+                self._round(conn, client, round_no % 4, harness.DEMO_FILE_IDS[round_no % 10], rng)
 
     def _round(
         self, conn: redis.Redis, client: httpx.Client, moment: int, file_id: int, rng: random.Random
@@ -339,11 +342,14 @@ class KillLane:
             _freeze_in_blpop(conn, victim)
         job_id = initiate(client, [file_id])
         if moment == 1:
+            left = partial(_left_queue, conn, job_id)
             try:
-                _until(lambda: _left_queue(conn, job_id), timeout_s=0.5)
-            except AssertionError:  # the BLPOP expired first: let the worker take the job
+                harness.wait_until(
+                    left, 0.5, "the frozen BLPOP to pop the job", interval_s=0.002, retry_on=()
+                )
+            except TimeoutError:  # the BLPOP expired first: let the worker take the job
                 victim.process.send_signal(signal.SIGCONT)
-                _until(lambda: _left_queue(conn, job_id))
+                harness.wait_until(left, 10, "the worker to take the job", interval_s=0.002, retry_on=())
         elif moment == 2:
             time.sleep(rng.uniform(0.0, 0.03))
         elif moment == 3:
@@ -360,8 +366,9 @@ class KillLane:
             print(f"{job_id} ({self.phases[job_id]}): {body}")
 
 
+@pytest.mark.slow
 def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(
-    tmp_path, s3_server: embedded.Server, redis_factory: Callable[..., embedded.Server]
+    tmp_path, s3_server: harness.Server, redis_factory: Callable[..., harness.Server]
 ):
     """Two stacks, ten kill -9 rounds each; a fresh worker is started right after each kill.
 
@@ -409,13 +416,6 @@ def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(
         assert orphaned <= _reaped(workers), (orphaned, _reaped(workers))
 
 
-def _until(check: Callable[[], bool], timeout_s: float = 10, pause_s: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(pause_s)
-
-
 def _left_queue(conn: redis.Redis, job_id: str) -> bool:
     return conn.lpos(enqueue._queue(enqueue.SMALL_QUEUE, conn).key, job_id) is None
 
@@ -423,7 +423,7 @@ def _left_queue(conn: redis.Redis, job_id: str) -> bool:
 def _wait_terminal(client: httpx.Client, job_id: str, timeout_s: float) -> dict[str, object] | None:
     try:
         return wait_for(client, job_id, TERMINAL, timeout_s=timeout_s)
-    except AssertionError:
+    except TimeoutError:
         return None
 
 
@@ -434,21 +434,24 @@ def _worker_logs(workers: list[Proc]) -> str:
 # -- Redis restarted from its AOF while jobs wait ----------------------------------------------
 
 
-def _start_aof_redis(
-    binary: str, directory: Path, port: int, fsync: str = "always"
-) -> subprocess.Popen[bytes]:
+def _start_aof_redis(binary: str, directory: Path, port: int, fsync: str = "always") -> harness.Server:
     """Redis as compose runs it: AOF on, no eviction (compose fsyncs `everysec`)."""
     directory.mkdir(parents=True, exist_ok=True)
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     args += ["--appendonly", "yes", "--appendfsync", fsync, "--save", ""]
     args += ["--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    server = harness.Server("redis-aof", process, directory / "redis.log", url=url, directory=directory)
     probe = redis.Redis(port=port, socket_connect_timeout=0.2)
     try:
-        embedded.wait_until(probe.ping, 10, "redis", process)
+        harness.wait_until(probe.ping, 10, "redis", process)
+    except Exception:
+        server.kill()
+        raise
     finally:
         probe.close()
-    return process
+    return server
 
 
 def _assert_503(response: httpx.Response) -> None:
@@ -458,9 +461,10 @@ def _assert_503(response: httpx.Response) -> None:
     assert response.headers["retry-after"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
 def test_redis_restart_from_aof_answers_503_then_recovers_and_loses_no_job(
-    tmp_path, s3_server: embedded.Server, fsync: str
+    tmp_path, s3_server: harness.Server, fsync: str
 ):
     """Redis is SIGKILLed (a crash, not a clean shutdown) with accepted jobs waiting.
 
@@ -468,24 +472,30 @@ def test_redis_restart_from_aof_answers_503_then_recovers_and_loses_no_job(
     kernel before it answers, so a process crash loses nothing; only an OS crash could.
     """
     binary = require_binary("redis-server")
-    port = embedded.free_port()
+    port = harness.free_port()
     data = tmp_path / "redis-aof"
     server = _start_aof_redis(binary, data, port, fsync)
     env = base_env(f"redis://127.0.0.1:{port}/0", s3_server.url, **FAST)
     try:
         with running_stack(env, tmp_path / "logs", workers=0) as stack, stack.client() as client:
-            accepted = [initiate(client, [file_id]) for file_id in embedded.DEMO_FILE_IDS[:5]]
+            accepted = [initiate(client, [file_id]) for file_id in harness.DEMO_FILE_IDS[:5]]
             server.kill()
-            server.wait()
             _assert_503(client.post("/v1/download/initiate", json={"file_ids": [70007]}))
             _assert_503(client.get(f"/v1/download/status/{accepted[0]}"))
             assert client.get("/health").status_code == 503
 
             server = _start_aof_redis(binary, data, port, fsync)
-            deadline = time.monotonic() + 15
-            while (response := client.get(f"/v1/download/status/{accepted[0]}")).status_code != 200:
-                assert time.monotonic() < deadline, response.text
-                time.sleep(0.2)
+            response = None
+
+            def answers() -> bool:
+                nonlocal response
+                response = client.get(f"/v1/download/status/{accepted[0]}")
+                return response.status_code == 200
+
+            def what() -> str:
+                return f"the API to answer after the restart: {response and response.text}"
+
+            harness.wait_until(answers, 15, what, interval_s=0.2, retry_on=())
             accepted.append(initiate(client, [70014]))
             for job_id in accepted:
                 assert client.get(f"/v1/download/status/{job_id}").json()["status"] == "queued"
@@ -493,14 +503,13 @@ def test_redis_restart_from_aof_answers_503_then_recovers_and_loses_no_job(
             results = [wait_for(client, job_id, timeout_s=30)["status"] for job_id in accepted]
             assert results == ["completed"] * len(accepted)
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(10)
+        server.stop()
 
 
 # -- an API process killed mid-stream: resume on another with Last-Event-ID -----------------------
 
 
+@pytest.mark.slow
 def test_an_api_killed_mid_stream_resume_on_another_gets_the_rest_and_the_end(make_stack):
     stack = make_stack(DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
     api_b, url_b = start_api(stack.env, stack.logdir, name="api_b")
@@ -536,10 +545,11 @@ def _stream_id(entry_id: str | None) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def test_a_busy_worker_rides_out_a_redis_restart_and_its_job_completes(tmp_path, s3_server: embedded.Server):
+@pytest.mark.slow
+def test_a_busy_worker_rides_out_a_redis_restart_and_its_job_completes(tmp_path, s3_server: harness.Server):
     """No process is restarted: a worker mid-download outlives a 3 s outage and the job ends."""
     binary = require_binary("redis-server")
-    port = embedded.free_port()
+    port = harness.free_port()
     data = tmp_path / "redis-aof"
     server = _start_aof_redis(binary, data, port)
     env = base_env(f"redis://127.0.0.1:{port}/0", s3_server.url, **FAST)
@@ -550,7 +560,6 @@ def test_a_busy_worker_rides_out_a_redis_restart_and_its_job_completes(tmp_path,
             job_id = initiate(client, [70000, 70007, 70014, 70021])
             wait_for(client, job_id, {state.PROCESSING}, timeout_s=10)
             server.kill()
-            server.wait()
             time.sleep(3)
             server = _start_aof_redis(binary, data, port)
             assert wait_for(client, job_id, timeout_s=30)["status"] == "completed"
@@ -558,6 +567,4 @@ def test_a_busy_worker_rides_out_a_redis_restart_and_its_job_completes(tmp_path,
             assert wait_for(client, initiate(client, [70028]))["status"] == "completed"
             assert len(stack.workers) == 1 and worker.process.poll() is None
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(10)
+        server.stop()

@@ -15,7 +15,6 @@ import functools
 import importlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +24,8 @@ from service.api.errors import error_body
 from service.api.routes.stream import present
 from service.jobs import state
 from service.settings import Settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("docs/ARCHITECTURE.md", "docs/frontend.md")
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from service import embedded
+from service import harness
 from service.settings import SettingsError, load_settings
 from tests.hooks import Receiver
 from tests.jobs import initiate, initiate_json, wait_for
-from tests.procs import ROOT
+from tests.support import ROOT
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,9 @@ def test_delay_range_must_be_ordered_and_secrets_are_not_echoed(monkeypatch):
     assert "S3_BUCKET_NAME" in str(info.value) and "x" * 10 not in str(info.value)
 
 
+@pytest.mark.slow
 def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
-    port = embedded.free_port()
+    port = harness.free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -75,7 +76,7 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        embedded.wait_until(
+        harness.wait_until(
             lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 90, "make run", process
         )
         with httpx.Client(base_url=url, timeout=10) as client:
@@ -97,8 +98,8 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
     # Ctrl+C stops the whole group: API, worker, embedded Redis and SeaweedFS
-    embedded.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
-    assert embedded._is_free(port)
+    harness.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
+    assert harness._is_free(port)
     hook.server.shutdown()
 
 

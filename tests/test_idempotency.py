@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import threading
 
+import pytest
 import redis
 
 from service.jobs import state
 from tests.jobs import initiate, wait_for
 
 
+@pytest.mark.slow
 def test_same_key_same_body_returns_the_original_job_and_other_body_is_422(make_stack):
     stack = make_stack()
     with stack.client() as client:
@@ -48,6 +50,7 @@ def test_keys_are_scoped_per_client(make_stack):
         assert a.json()["jobId"] != b.json()["jobId"]
 
 
+@pytest.mark.slow
 def test_retry_storm_without_a_key_makes_one_job(make_stack):
     stack = make_stack(DEDUPE_WINDOW_S="10", DOWNLOAD_DELAY_MIN_MS="1000", DOWNLOAD_DELAY_MAX_MS="1000")
     ids: list[str] = []
@@ -72,6 +75,7 @@ def test_retry_storm_without_a_key_makes_one_job(make_stack):
         assert different != ids[0]
 
 
+@pytest.mark.slow
 def test_queue_over_its_maximum_depth_answers_503_and_creates_nothing(make_stack):
     stack = make_stack(workers=0, QUEUE_MAX_DEPTH="3")
     with stack.client() as client:
@@ -113,6 +117,7 @@ def test_a_client_over_its_active_job_limit_gets_429_until_one_finishes(make_sta
         assert 'delineate_jobs_rejected_total{reason="client_limit"} 1.0' in client.get("/metrics").text
 
 
+@pytest.mark.slow
 def test_small_and_large_jobs_take_turns_so_neither_starves_the_other(make_stack):
     """Fairness (docs/jobs.md): separate queues by size, served round-robin. One download slot,
     three large jobs queued before three small ones: one FIFO queue would run the three large

@@ -8,14 +8,16 @@ stands down; once the ghost's record expires (its worker really died), the job r
 from __future__ import annotations
 
 import threading
-import time
 
+import pytest
 import redis
 from rq.job import Job
 
+from service.harness import wait_until
 from tests.jobs import initiate, plant_execution, wait_for
 
 
+@pytest.mark.slow
 def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_stack):
     stack = make_stack(workers=0, WORKER_HEARTBEAT_S="1")  # lease: 3 beats + 2 s = 5 s
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
@@ -36,10 +38,13 @@ def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_
         try:
             worker = stack.add_worker()
             assert wait_for(client, orphaned)["status"] == "completed"
-            deadline = time.monotonic() + 20
-            while "duplicate_execution_stood_down" not in worker.output() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert "duplicate_execution_stood_down" in worker.output()
+            wait_until(
+                lambda: "duplicate_execution_stood_down" in worker.output(),
+                20,
+                "the new worker to stand down",
+                interval_s=0.1,
+                retry_on=(),
+            )
             body = client.get(f"/v1/download/status/{held}").json()
             assert body["status"] == "queued" and body["progress"]["done"] == 0, body
             assert body["startedAt"] is None, "the standing-down execution touched the job"

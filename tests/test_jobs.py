@@ -12,7 +12,7 @@ import redis
 
 from service.jobs import state
 from tests.jobs import initiate, wait_for
-from tests.procs import LARGE_FILE_BYTES, LARGE_FILE_ID, TEST_BUCKET
+from tests.support import LARGE_FILE_BYTES, LARGE_FILE_ID, TEST_BUCKET
 
 
 def fetch_file(client: httpx.Client, job_id: str) -> bytes:

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtest import proxylimit
 from tests.hooks import WEBHOOKS
-from tests.procs import ROOT
+from tests.support import ROOT
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 REPORT_FILES = ("locust_stats.csv", "locust_stats_history.csv", "locust.html", "report.md", "report.png")
@@ -51,6 +53,7 @@ def threshold_rows(report: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_smoke_run_against_the_real_stack_passes_and_writes_every_report(make_stack, tmp_path):
     stack = make_stack(POLL_INTERVAL_S="1", SSE_HEARTBEAT_S="0.5", WORKER_CONCURRENCY="64", **WEBHOOKS)
     result = run_locust(
@@ -85,6 +88,7 @@ def test_smoke_run_against_the_real_stack_passes_and_writes_every_report(make_st
     assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_slow_legacy_calls_and_a_silent_stream_behind_a_short_proxy_timeout_fail_the_run(
     make_stack, tmp_path
 ):

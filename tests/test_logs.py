@@ -8,15 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service import embedded
+from service import harness
 from tests.jobs import initiate, wait_for
-from tests.test_tracing import running_receiver, traced_env
-
-
-@pytest.fixture
-def otlp():
-    with running_receiver() as receiver:
-        yield receiver
+from tests.tracing import traced_env
 
 
 def json_lines(text: str) -> list[dict]:
@@ -27,6 +21,7 @@ def json_lines(text: str) -> list[dict]:
     return lines
 
 
+@pytest.mark.slow
 def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
     stack = make_stack(LOG_LEVEL="debug", **traced_env(otlp))
     with stack.client() as client:
@@ -42,7 +37,7 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
 
     api_text, worker_text = stack.api.output(), stack.workers[0].output()
     for text in (api_text, worker_text):
-        assert embedded.DEV_SECRET_KEY not in text
+        assert harness.DEV_SECRET_KEY not in text
         assert signature not in text
         assert "X-Amz-Signature=" not in text and "X-Amz-Credential=" not in text
 

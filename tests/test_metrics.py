@@ -3,39 +3,24 @@
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+import pytest
 
-from service import embedded
+from service import harness
 from tests.jobs import initiate, wait_for
+from tests.metrics import scrape, value
 
 STATUS_ROUTE = "/v1/download/status/{job_id}"
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a /metrics page, keyed by (name, sorted labels)."""
-    response = httpx.get(url, timeout=10)
-    assert response.status_code == 200, response.text
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples named `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
-
-
 def worker_stack(make_stack, **env: str):
-    port = embedded.free_port()
+    port = harness.free_port()
     stack = make_stack(WORKER_METRICS_PORT=str(port), WORKER_METRICS_ADDR="127.0.0.1", **env)
     url = f"http://127.0.0.1:{port}/metrics"
-    embedded.wait_until(lambda: httpx.get(url, timeout=1).status_code == 200, 20, "worker metrics")
+    harness.wait_until(lambda: httpx.get(url, timeout=1).status_code == 200, 20, "worker metrics")
     return stack, url
 
 
+@pytest.mark.slow
 def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tmp_path):
     # An operator-set directory reaches both processes: only the API may use it.
     stack, worker_url = worker_stack(
@@ -69,6 +54,7 @@ def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tm
     assert list((tmp_path / "mp").glob("*.db")), "the API did not use the directory it was given"
 
 
+@pytest.mark.slow
 def test_worker_exports_job_and_s3_metrics_on_its_own_port(make_stack):
     stack, worker_url = worker_stack(make_stack)
     with stack.client() as client:
@@ -91,6 +77,7 @@ def test_worker_exports_job_and_s3_metrics_on_its_own_port(make_stack):
     assert value(worker, "delineate_worker_downloads_running") == 0
 
 
+@pytest.mark.slow
 def test_s3_errors_are_counted_by_operation(make_stack):
     """A wrong secret: S3 answers 403 to the job's HEAD; the error is counted, the job fails."""
     stack, worker_url = worker_stack(make_stack, JOB_MAX_RETRIES="0", S3_SECRET_ACCESS_KEY="wrong-secret")

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from tests.procs import ROOT
+from tests.support import ROOT
 
 GRAFANA = ROOT / "observability" / "grafana"
 

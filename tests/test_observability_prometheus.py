@@ -17,11 +17,11 @@ import httpx
 import pytest
 import yaml
 
-from service import embedded
+from service import harness
 from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import initiate, initiate_json, wait_for
-from tests.procs import ROOT, require_binary, spawn
-from tests.test_tracing import running_receiver, traced_env
+from tests.support import ROOT, require_binary
+from tests.tracing import running_receiver, traced_env
 
 OBSERVABILITY = ROOT / "observability"
 # Grafana's built-in variables, as Grafana would expand them for a short time range.
@@ -74,14 +74,17 @@ class Prometheus:
 
     def wait_until(self, expr: str, ready, timeout_s: float = 30) -> float:
         """Poll (never sleep a guess): the first sample lands ~6 s after start."""
-        deadline = time.monotonic() + timeout_s
         value = math.nan
-        while time.monotonic() < deadline:
+
+        def reached() -> bool:
+            nonlocal value
             value = self.value(expr)
-            if ready(value):
-                return value
-            time.sleep(0.25)
-        raise AssertionError(f"{expr} never became ready (last value {value})")
+            return ready(value)
+
+        harness.wait_until(
+            reached, timeout_s, lambda: f"{expr} (last value {value})", interval_s=0.25, retry_on=()
+        )
+        return value
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def prometheus_factory(tmp_path: Path):
 
     def start(api: str, worker: str) -> Prometheus:
         binary = require_binary("prometheus")
-        port = embedded.free_port()
+        port = harness.free_port()
         config = prometheus_config(api, worker, tmp_path / "prometheus.yml")
         args = [
             binary,
@@ -100,10 +103,10 @@ def prometheus_factory(tmp_path: Path):
             "--storage.tsdb.retention.time=1h",
             "--enable-feature=exemplar-storage",
         ]
-        proc = spawn("prometheus", args, {}, tmp_path / "logs")
+        proc = harness.spawn("prometheus", args, {}, tmp_path / "logs")
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        embedded.wait_until(
+        harness.wait_until(
             lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200, 30, "prometheus"
         )
         return Prometheus(url)
@@ -113,8 +116,9 @@ def prometheus_factory(tmp_path: Path):
         proc.stop()
 
 
+@pytest.mark.slow
 def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prometheus_factory):
-    worker_port = embedded.free_port()
+    worker_port = harness.free_port()
     hook, broken_hook = Receiver(), Receiver()
     broken_hook.default = 500  # its deliveries give up: the webhook failure series move
     with running_receiver() as otlp:

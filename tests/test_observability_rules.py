@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
 import yaml
 
-from tests.procs import ROOT, require_binary
+from tests.support import ROOT, require_binary
 
 PROMETHEUS = ROOT / "observability" / "prometheus"
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -35,6 +36,7 @@ def test_promtool_accepts_the_rules():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_promtool_alert_unit_tests_pass():
     result = promtool("test", "rules", "tests/alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr

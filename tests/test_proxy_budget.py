@@ -10,7 +10,7 @@ import pytest
 
 from service.proxy import budget
 from service.proxy.profiles import PROFILES_FILE, ProfileError, load_profile, load_profiles
-from tests.procs import ROOT
+from tests.support import ROOT
 
 BAD_PROFILE = """
 [bad]

@@ -12,8 +12,8 @@ from cfnlint.decode import cfn_yaml
 
 from service.proxy import budget, render
 from service.proxy.profiles import PROXY_DIR, load_profile, load_profiles
-from tests.procs import ROOT, require_binary
 from tests.proxies import nginx_files, nginx_test
+from tests.support import ROOT, require_binary
 
 SHIPPED = ["nginx", "cloudflare", "alb"]
 
@@ -81,6 +81,7 @@ def test_haproxy_accepts_the_alb_emulation(name, tmp_path):
         assert f"timeout {timeout} {idle}\n" in cfg.read_text()
 
 
+@pytest.mark.slow
 def test_cloudformation_template_lints_and_carries_the_alb_budget():
     template = PROXY_DIR / "alb/alb.yaml"
     cfn_lint = Path(sys.executable).parent / "cfn-lint"

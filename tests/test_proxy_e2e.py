@@ -53,6 +53,7 @@ def poll_until_done(client, job_id: str, statuses: list[int], timeout_s: float =
     raise AssertionError(f"job {job_id} not finished after {timeout_s} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied, kind):
     """With the profile's budget: fast and slow jobs complete through the proxy with zero 5xx."""
@@ -117,6 +118,7 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         assert hidden.status_code == 404 and "delineate_http_requests" not in hidden.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_budget_violations_are_real_cuts(proxied, kind):
     """A slow REQUEST_TIMEOUT_MS and a heartbeat slower than the idle timeout: the proxy cuts both."""

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlparse
 
+import pytest
 import redis
 from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
-from service.embedded import wait_until
+from service.harness import wait_until
 from service.jobs.enqueue import SMALL_QUEUE
 from tests.gate import TcpGate
 from tests.jobs import initiate, wait_for
 
 
+@pytest.mark.slow
 def test_s3_outage_makes_health_503_and_the_job_retries_then_completes(make_stack, s3_server):
     target = urlparse(s3_server.url)
     gate = TcpGate(target.hostname, target.port)
@@ -48,15 +49,14 @@ def test_s3_outage_makes_health_503_and_the_job_retries_then_completes(make_stac
         gate.shut()
 
 
+@pytest.mark.slow
 def test_one_worker_process_runs_many_downloads_at_once(make_stack):
     stack = make_stack(WORKER_CONCURRENCY="6", DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
     with stack.client() as client:
         jobs = [initiate(client, [70000 + 7 * i]) for i in range(6)]
         registry = StartedJobRegistry(SMALL_QUEUE, connection=conn)
-        deadline = time.monotonic() + 10
-        while len(registry.get_job_ids()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(registry.get_job_ids()) >= 6, 10, "six jobs started", retry_on=())
         assert sorted(registry.get_job_ids()) == sorted(jobs), "all six should run together"
         workers = Worker.all(connection=conn)
         assert len(workers) == 1 and workers[0].get_state() == "busy"

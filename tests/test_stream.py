@@ -7,11 +7,12 @@ import threading
 import time
 
 import httpx
+import pytest
 
-from service.embedded import wait_until
+from service.harness import wait_until
 from tests import sse
 from tests.jobs import initiate, wait_for
-from tests.test_metrics import scrape, value
+from tests.metrics import scrape, value
 
 
 def open_streams(url: str) -> float:
@@ -19,6 +20,7 @@ def open_streams(url: str) -> float:
     return value(scrape(f"{url}/metrics"), "delineate_sse_connections")
 
 
+@pytest.mark.slow
 def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
     stack = make_stack(DOWNLOAD_DELAY_MIN_MS="1500", DOWNLOAD_DELAY_MAX_MS="1500", SSE_HEARTBEAT_S="0.2")
     with stack.client() as client:
@@ -42,6 +44,7 @@ def test_stream_follows_a_job_from_snapshot_to_completed(make_stack):
         assert any(isinstance(item, sse.Comment) for item in items), "no heartbeat seen in 1.5 s"
 
 
+@pytest.mark.slow
 def test_reconnect_with_last_event_id_gets_only_what_was_missed(make_stack):
     stack = make_stack(DOWNLOAD_DELAY_MIN_MS="1200", DOWNLOAD_DELAY_MAX_MS="1200")
     with stack.client() as client:
@@ -82,6 +85,7 @@ def test_stream_of_unknown_job_is_404_json(stack):
         assert response.json()["requestId"] == response.headers["x-request-id"]
 
 
+@pytest.mark.slow
 def test_stream_ends_at_its_maximum_lifetime_and_resumes(make_stack):
     stack = make_stack(DOWNLOAD_DELAY_MIN_MS="2500", DOWNLOAD_DELAY_MAX_MS="2500", SSE_MAX_STREAM_S="0.8")
     with stack.client() as client:
@@ -104,6 +108,7 @@ def test_stream_ends_at_its_maximum_lifetime_and_resumes(make_stack):
         assert sum(1 for e in got + final if e.event == "progress") == 2
 
 
+@pytest.mark.slow
 def test_many_clients_share_one_subscription_and_all_get_the_end(make_stack):
     stack = make_stack(DOWNLOAD_DELAY_MIN_MS="800", DOWNLOAD_DELAY_MAX_MS="800")
     results: list[str] = []

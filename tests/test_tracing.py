@@ -2,118 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import wait_for
-
-
-@dataclass(frozen=True)
-class ReceivedSpan:
-    service: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    kind: int
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace endpoint: decodes ExportTraceServiceRequest protobufs."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReceivedSpan] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                assert self.path == "/v1/traces", self.path
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.add(request)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def add(self, request: ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        self.spans.append(
-                            ReceivedSpan(
-                                service=attributes.get("service.name", ""),
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_id=span.parent_span_id.hex(),
-                                name=span.name,
-                                kind=span.kind,
-                            )
-                        )
-
-    def trace(self, trace_id: str) -> list[ReceivedSpan]:
-        with self.lock:
-            return [span for span in self.spans if span.trace_id == trace_id]
-
-    def wait_for(self, trace_id: str, ready, timeout_s: float = 20) -> list[ReceivedSpan]:
-        """Poll until `ready(spans of the trace)` holds (spans arrive in batches)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            spans = self.trace(trace_id)
-            if ready(spans):
-                return spans
-            time.sleep(0.1)
-        raise AssertionError(f"trace {trace_id} incomplete: {self.trace(trace_id)}")
-
-
-@contextmanager
-def running_receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.thread.start()
-    try:
-        yield receiver
-    finally:
-        receiver.server.shutdown()
-
-
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
-    with running_receiver() as receiver:
-        yield receiver
-
-
-def traced_env(receiver: OtlpReceiver) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-
+from tests.tracing import ReceivedSpan, traced_env
 
 SERVER, PRODUCER, CONSUMER, CLIENT = 2, 4, 5, 3  # opentelemetry.proto Span.SpanKind values
 
 
+@pytest.mark.slow
 def test_one_trace_holds_the_request_the_enqueue_the_job_its_s3_calls_and_webhook(make_stack, otlp):
     hook = Receiver()
     stack = make_stack(**traced_env(otlp), **WEBHOOKS)
@@ -186,6 +85,7 @@ def test_tracing_off_means_no_trace_ids_and_no_errors(stack):
     assert httpx.get(f"{stack.url}/health/live", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_an_unsampled_trace_gives_no_dead_trace_links(make_stack, otlp):
     """OTEL_TRACES_SAMPLE_RATIO=0: nothing exported, so no trace id is handed out either."""
     stack = make_stack(OTEL_TRACES_SAMPLE_RATIO="0", **traced_env(otlp))

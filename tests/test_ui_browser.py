@@ -17,7 +17,9 @@ from playwright.sync_api import Browser, Request, Route, expect
 
 from service.jobs import state
 from tests.browser import Tab, chromium, open_tab, otlp_sink
-from tests.procs import TEST_BUCKET
+from tests.support import TEST_BUCKET
+
+pytestmark = pytest.mark.browser
 
 DEMO = [70000, 70007, 70014]
 STREAM = re.compile(r".*/v1/download/stream/.*")

@@ -13,18 +13,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service.harness import wait_until
 from service.settings import load_settings
 from service.webhooks import guard
 from tests.hooks import SECRET, WEBHOOKS, Receiver
 from tests.jobs import initiate_json, wait_for
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 FAST = {**WEBHOOKS, "WEBHOOK_MAX_ATTEMPTS": "3"}
 
 
@@ -45,6 +45,7 @@ def docs_verify() -> Any:
     return namespace["verify"]
 
 
+@pytest.mark.slow
 def test_completed_job_is_delivered_signed_and_recorded(make_stack, receiver):
     stack = make_stack(**FAST)
     with stack.client() as client:
@@ -73,6 +74,7 @@ def test_completed_job_is_delivered_signed_and_recorded(make_stack, receiver):
     assert "do-not-log" not in logs and SECRET.removeprefix("whsec_") not in logs
 
 
+@pytest.mark.slow
 def test_failed_and_cancelled_jobs_are_announced_too(make_stack, receiver):
     stack = make_stack(**FAST, DOWNLOAD_DELAY_MIN_MS="20000", DOWNLOAD_DELAY_MAX_MS="20000")
     with stack.client() as client:
@@ -89,6 +91,7 @@ def test_failed_and_cancelled_jobs_are_announced_too(make_stack, receiver):
         assert event["type"] == "download.failed" and event["data"]["error"]
 
 
+@pytest.mark.slow
 def test_retries_with_the_same_event_id_then_dead_letter_and_redeliver(make_stack, receiver):
     stack = make_stack(**FAST)
     with stack.client() as client:
@@ -119,6 +122,7 @@ def test_retries_with_the_same_event_id_then_dead_letter_and_redeliver(make_stac
         assert cli(stack, "webhooks", "dead") == ""
 
 
+@pytest.mark.slow
 def test_a_4xx_answer_is_final(make_stack, receiver):
     stack = make_stack(**FAST)
     receiver.default = 410
@@ -188,14 +192,14 @@ def initiate_with_callback(client: Any, file_ids: list[int], url: str) -> str:
 
 
 def wait_until_webhook(client: Any, job_id: str, wanted: str, timeout_s: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
+        nonlocal body
         body = client.get(f"/v1/download/status/{job_id}").json()
-        if body.get("webhook", {}).get("state") == wanted:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"webhook of {job_id} never {wanted}: {body}")
+        return body if body.get("webhook", {}).get("state") == wanted else None
+
+    return wait_until(reached, timeout_s, lambda: f"webhook of {job_id} {wanted}: {body}", retry_on=())
 
 
 def cli(stack: Any, *args: str) -> str:
