@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:  # `python loadtest/bench_redis_memory.py` from an
     sys.path.insert(0, str(ROOT))
 
 from loadtest.backends import Backends, private_backends  # noqa: E402
+from service import keys  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, spawn, start_api  # noqa: E402
 
@@ -57,7 +58,7 @@ def memory(conn: redis.Redis) -> tuple[int, int]:
 def unfinished(conn: redis.Redis, job_ids: list[str]) -> int:
     with conn.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(state.job_key(job_id), "status")
+            pipe.hget(keys.job(job_id), "status")
         return sum(1 for status in pipe.execute() if status is None or status.decode() not in state.TERMINAL)
 
 
@@ -136,15 +137,15 @@ def report(args: argparse.Namespace, figures: Figures) -> None:
     (empty, empty_keys) = figures.empty
     print(f"Redis memory per job: {n} jobs of {args.files} file(s), one API process, one worker")
     print(f"  empty database: used_memory {empty / 2**20:.2f} MiB, {empty_keys} keys")
-    for name, (used, keys) in (("queued", figures.queued), ("finished", figures.finished)):
+    for name, (used, key_count) in (("queued", figures.queued), ("finished", figures.finished)):
         print(
             f"  all {name + ':':9} {(used - empty) / n:7.0f} bytes per job, "
-            f"{(keys - empty_keys) / n:.1f} keys per job"
+            f"{(key_count - empty_keys) / n:.1f} keys per job"
         )
     print(f"  jobs still active after {args.timeout:.0f} s: {figures.unfinished}")
     print("  finished, by key pattern (MEMORY USAGE; 'per job' = bytes / jobs):")
-    for name, (keys, size) in sorted(figures.groups.items(), key=lambda item: -item[1][1]):
-        print(f"    {size / n:7.0f} B/job  {keys:6d} keys  {name}")
+    for name, (key_count, size) in sorted(figures.groups.items(), key=lambda item: -item[1][1]):
+        print(f"    {size / n:7.0f} B/job  {key_count:6d} keys  {name}")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ if str(ROOT) not in sys.path:  # `python loadtest/bench_sse.py` from anywhere: t
 
 from loadtest.backends import Backends, private_backends  # noqa: E402
 from loadtest.procstat import threads_cpu_s, usage  # noqa: E402
-from service import embedded  # noqa: E402
+from service import embedded, keys  # noqa: E402
 from service.jobs import state  # noqa: E402
 from tests.procs import TEST_BUCKET, Proc, spawn, start_api  # noqa: E402
 
@@ -218,10 +218,10 @@ def redis_view(url: str) -> tuple[int, int, int]:
     """(PUBSUB NUMSUB of the events channel, clients subscribed to anything, all clients)."""
     conn = redis.Redis.from_url(url)
     try:
-        numsub = dict(conn.pubsub_numsub(state.EVENTS_CHANNEL))
+        numsub = dict(conn.pubsub_numsub(keys.EVENTS_CHANNEL))
         clients = conn.client_list()
         subscribed = sum(1 for c in clients if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0)
-        return int(numsub.get(state.EVENTS_CHANNEL.encode(), 0)), subscribed, len(clients)
+        return int(numsub.get(keys.EVENTS_CHANNEL.encode(), 0)), subscribed, len(clients)
     finally:
         conn.close()
 
@@ -334,7 +334,7 @@ async def run(
         f"{len(subscribers)} streams: {per_conn:.1f} KiB per connection"
     )
     print(
-        f"Redis: PUBSUB NUMSUB {state.EVENTS_CHANNEL} = {numsub}, clients subscribed = {subscribed}, "
+        f"Redis: PUBSUB NUMSUB {keys.EVENTS_CHANNEL} = {numsub}, clients subscribed = {subscribed}, "
         f"all clients = {clients}  ({'PASS' if numsub == 1 else 'FAIL'}: one subscription per process)"
     )
 

@@ -47,8 +47,7 @@ if str(ROOT) not in sys.path:  # `python loadtest/capacity.py` from anywhere
 from loadtest import proxylimit  # noqa: E402
 from loadtest.backends import Backends, private_backends  # noqa: E402
 from loadtest.procstat import Usage, busy_cores, children_of, load_1m, usage  # noqa: E402
-from service import embedded  # noqa: E402
-from service.jobs import enqueue, state  # noqa: E402
+from service import embedded, keys  # noqa: E402
 from tests.procs import Proc, Stack, start_api  # noqa: E402
 
 BUCKET = "delineate"
@@ -103,8 +102,8 @@ class Sampler:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        registries = [f"rq:wip:{name}" for name in enqueue.QUEUES]
-        queues = [f"rq:queue:{name}" for name in enqueue.QUEUES]
+        registries = [f"rq:wip:{name}" for name in keys.DOWNLOAD_QUEUES]
+        queues = [keys.rq_queue(name) for name in keys.DOWNLOAD_QUEUES]
         with httpx.Client(timeout=2) as http:
             while not self._stop.is_set():
                 tick = time.monotonic()
@@ -251,11 +250,11 @@ def wait_for_quiet_machine(below: float, max_wait_s: float) -> float:
 
 
 def job_states(conn: redis.Redis) -> dict[str, int]:
-    keys = list(conn.scan_iter(match=state.job_key("*"), count=1000))
-    keys = [k for k in keys if k.count(b":") == 2]  # job hashes, not their :files lists
+    found = list(conn.scan_iter(match=keys.job("*"), count=1000))
+    found = [k for k in found if k.count(b":") == 2]  # job hashes, not their :events streams
     counts: dict[str, int] = {}
     with conn.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in found:
             pipe.hget(key, "status")
         for status in pipe.execute():
             name = status.decode() if status else "missing"
