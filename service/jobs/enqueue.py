@@ -225,11 +225,12 @@ return 0
 
 
 def _as_one_script(pipe: redis.client.Pipeline) -> tuple[Any, ...]:
-    """The ~15 queued writes (ours and RQ's own) as one EVAL that runs exactly them.
+    """The queued writes (ours and RQ's own) as one EVAL that runs exactly them.
 
     Sent inside MULTI/EXEC, under the same WATCH; Redis writes what it would have written
-    command by command, but the client packs and parses three commands instead of ~17 (a third
-    of an initiate's CPU). Depends on redis-py's `Pipeline.command_stack`.
+    command by command, but the client packs and parses three commands instead of one per
+    write, which dominated an initiate's CPU (docs/benchmarks.md). Depends on redis-py's
+    `Pipeline.command_stack`.
     """
     packed: list[Any] = []
     for args, _options in pipe.command_stack:
@@ -257,7 +258,7 @@ async def prune_active(aconn: aioredis.Redis, key: str) -> int:
 
 
 class _RecentDepth:
-    """QUEUE_MAX_DEPTH without a Redis read per request (it was one round trip of three).
+    """QUEUE_MAX_DEPTH without a Redis read per request.
 
     A depth read less than DEPTH_MAX_AGE_S ago, plus the jobs this process queued since, is
     trusted while it is under 90% of the limit; closer to the limit every request reads the

@@ -21,7 +21,7 @@ from typing import Any
 from service import keys
 
 # How long after a job's own keys expire (JOB_TTL_S) its id stays in keys.JOB_INDEX; the reaper
-# trims older ids, or the index would grow by ~100 bytes per job forever in a `noeviction` Redis.
+# trims older ids, or the index would grow by one entry per job forever in a `noeviction` Redis.
 INDEX_KEPT_S = 7 * 24 * 3600
 EVENTS_MAXLEN = 2_000
 FILE_FIELD = "file:"  # job hash fields file:0, file:1, ...: per-file results

@@ -1,7 +1,7 @@
 """An RQ worker that runs many I/O-bound downloads at once in one process.
 
-RQ's forking Worker gives each job its own process (about 45 MB each, about 40 jobs/s), which
-cannot carry a thousand two-minute downloads on one box. This worker keeps RQ's model (RQ 3
+RQ's forking Worker gives each job its own process (memory and a fork per job: figures in
+docs/benchmarks.md), which cannot carry a thousand two-minute downloads on one box. This worker keeps RQ's model (RQ 3
 already tracks several executions per worker) and runs each job's `perform_job` in a thread:
 
 - the main loop dequeues only while one of WORKER_CONCURRENCY slots is free;

@@ -141,8 +141,8 @@ async def _check_callback(settings: Settings, url: str) -> None:
 
 def poll_after(settings: Settings) -> str:
     """Retry-After for pollers: POLL_INTERVAL_S ± 1 s, so a thousand clients that all honour
-    it drift apart instead of arriving in the same second (loadtest/capacity.py measured the
-    lock-step bursts: 1,000 polls in one second, then 50)."""
+    it drift apart instead of arriving in the same second (loadtest/capacity.py saw the
+    lock-step bursts a fixed interval makes)."""
     interval = settings.poll_interval_s
     return str(random.randint(max(1, interval - 1), interval + 1))
 

@@ -126,7 +126,7 @@ async def stream(request: Request) -> Response:
         return Response(status_code=204)  # nothing left to send: EventSource stops reconnecting
 
     settings = rt.settings
-    job_id = job.id  # the stream keeps only what it still needs, not the job records (~1 KiB)
+    job_id = job.id  # the stream keeps only what it still needs, not the job records
     opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
 
     async def chunks() -> AsyncIterator[Chunk]:
