@@ -1,8 +1,9 @@
 """An RQ worker that runs many I/O-bound downloads at once in one process.
 
 RQ's forking Worker gives each job its own process (memory and a fork per job: figures in
-docs/benchmarks.md), which cannot carry a thousand two-minute downloads on one box. This worker keeps RQ's model (RQ 3
-already tracks several executions per worker) and runs each job's `perform_job` in a thread:
+docs/benchmarks.md), which cannot carry a thousand two-minute downloads on one box. This worker
+keeps RQ's model (RQ 3 already tracks several executions per worker) and runs each job's
+`perform_job` in a thread:
 
 - the main loop dequeues only while one of WORKER_CONCURRENCY slots is free;
 - every execution is registered as RQ's own `Execution`, so StartedJobRegistry, the worker's
