@@ -31,6 +31,7 @@ import httpx
 import redis
 
 from backends import LOAD_SETTINGS
+from service import keys
 from service.harness import Backends, private_backends, spawn, start_api
 from service.jobs import state
 
@@ -55,7 +56,7 @@ def memory(conn: redis.Redis) -> tuple[int, int]:
 def unfinished(conn: redis.Redis, job_ids: list[str]) -> int:
     with conn.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(state.job_key(job_id), "status")
+            pipe.hget(keys.job(job_id), "status")
         return sum(1 for status in pipe.execute() if status is None or status.decode() not in state.TERMINAL)
 
 
@@ -135,15 +136,15 @@ def report(args: argparse.Namespace, figures: Figures) -> None:
     (empty, empty_keys) = figures.empty
     print(f"Redis memory per job: {n} jobs of {args.files} file(s), one API process, one worker")
     print(f"  empty database: used_memory {empty / 2**20:.2f} MiB, {empty_keys} keys")
-    for name, (used, keys) in (("queued", figures.queued), ("finished", figures.finished)):
+    for name, (used, key_count) in (("queued", figures.queued), ("finished", figures.finished)):
         print(
             f"  all {name + ':':9} {(used - empty) / n:7.0f} bytes per job, "
-            f"{(keys - empty_keys) / n:.1f} keys per job"
+            f"{(key_count - empty_keys) / n:.1f} keys per job"
         )
     print(f"  jobs still active after {args.timeout:.0f} s: {figures.unfinished}")
     print("  finished, by key pattern (MEMORY USAGE; 'per job' = bytes / jobs):")
-    for name, (keys, size) in sorted(figures.groups.items(), key=lambda item: -item[1][1]):
-        print(f"    {size / n:7.0f} B/job  {keys:6d} keys  {name}")
+    for name, (key_count, size) in sorted(figures.groups.items(), key=lambda item: -item[1][1]):
+        print(f"    {size / n:7.0f} B/job  {key_count:6d} keys  {name}")
 
 
 if __name__ == "__main__":

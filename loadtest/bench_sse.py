@@ -71,7 +71,7 @@ import uvloop
 
 from backends import LOAD_SETTINGS
 from procstat import threads_cpu_s, usage
-from service import harness
+from service import harness, keys
 from service.harness import Backends, Proc, private_backends, spawn, start_api
 from service.jobs import state
 
@@ -217,10 +217,10 @@ def redis_view(url: str) -> tuple[int, int, int]:
     """(PUBSUB NUMSUB of the events channel, clients subscribed to anything, all clients)."""
     conn = redis.Redis.from_url(url)
     try:
-        numsub = dict(conn.pubsub_numsub(state.EVENTS_CHANNEL))
+        numsub = dict(conn.pubsub_numsub(keys.EVENTS_CHANNEL))
         clients = conn.client_list()
         subscribed = sum(1 for c in clients if int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0)
-        return int(numsub.get(state.EVENTS_CHANNEL.encode(), 0)), subscribed, len(clients)
+        return int(numsub.get(keys.EVENTS_CHANNEL.encode(), 0)), subscribed, len(clients)
     finally:
         conn.close()
 
@@ -334,7 +334,7 @@ async def run(
         f"{len(subscribers)} streams: {per_conn:.1f} KiB per connection"
     )
     print(
-        f"Redis: PUBSUB NUMSUB {state.EVENTS_CHANNEL} = {numsub}, clients subscribed = {subscribed}, "
+        f"Redis: PUBSUB NUMSUB {keys.EVENTS_CHANNEL} = {numsub}, clients subscribed = {subscribed}, "
         f"all clients = {clients}  ({'PASS' if numsub == 1 else 'FAIL'}: one subscription per process)"
     )
 

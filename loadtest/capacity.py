@@ -43,9 +43,8 @@ import redis
 import proxylimit
 from backends import LOAD_SETTINGS
 from procstat import Usage, busy_cores, children_of, load_1m, usage
-from service import harness
+from service import harness, keys
 from service.harness import Backends, Proc, Stack, private_backends, start_api
-from service.jobs import enqueue, state
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -102,8 +101,8 @@ class Sampler:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        registries = [f"rq:wip:{name}" for name in enqueue.QUEUES]
-        queues = [f"rq:queue:{name}" for name in enqueue.QUEUES]
+        registries = [f"rq:wip:{name}" for name in keys.DOWNLOAD_QUEUES]
+        queues = [keys.rq_queue(name) for name in keys.DOWNLOAD_QUEUES]
         with httpx.Client(timeout=2) as http:
             while not self._stop.is_set():
                 tick = time.monotonic()
@@ -248,11 +247,11 @@ def wait_for_quiet_machine(below: float, max_wait_s: float) -> float:
 
 
 def job_states(conn: redis.Redis) -> dict[str, int]:
-    keys = list(conn.scan_iter(match=state.job_key("*"), count=1000))
-    keys = [k for k in keys if k.count(b":") == 2]  # job hashes, not their :files lists
+    found = list(conn.scan_iter(match=keys.job("*"), count=1000))
+    found = [k for k in found if k.count(b":") == 2]  # job hashes, not their :events streams
     counts: dict[str, int] = {}
     with conn.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in found:
             pipe.hget(key, "status")
         for status in pipe.execute():
             name = status.decode() if status else "missing"

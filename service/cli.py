@@ -66,29 +66,20 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from rq.worker import DequeueStrategy
 
-    from service.jobs import context, enqueue
+    from service import keys, runtime
     from service.jobs.worker import DownloadWorker
-    from service.telemetry import metrics, tracing
-    from service.webhooks import delivery
+    from service.telemetry import exposition, tracing
 
     tracing.setup(
         settings.otel_exporter_otlp_endpoint,
         settings.otel_service_name or "delineate-worker",
         settings.otel_traces_sample_ratio,
     )
-
-    ctx = context.JobContext.from_settings(settings)
-    context.install(ctx)
-    worker = DownloadWorker(
-        [*enqueue.QUEUES, delivery.QUEUE],
-        connection=ctx.redis,
-        settings=settings,
-        concurrency=settings.worker_concurrency,
-        job_monitoring_interval=settings.worker_heartbeat_s,
-        maintenance_interval=settings.worker_maintenance_s,
-    )
+    rt = runtime.Runtime.open(settings, s3_pool_size=settings.worker_concurrency + 8)
+    runtime.install(rt)  # RQ calls job functions with only their arguments: they find it here
+    worker = DownloadWorker(list(keys.QUEUES), rt)
     if settings.worker_metrics_port:
-        metrics.start_worker_exporter(
+        exposition.start_worker_exporter(
             settings.worker_metrics_port,
             settings.worker_metrics_addr,
             lambda: worker.running_count,
@@ -194,18 +185,18 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
     """Operator access to webhook dead letters: list them as JSON lines, or redeliver one."""
     import json
 
-    from service.redis_client import sync_client
+    from service.runtime import Runtime
     from service.webhooks import delivery
 
     if not settings.redis_url:
         print("delineate webhooks: REDIS_URL must be set", file=sys.stderr)
         return 2
-    conn = sync_client(settings.redis_url)
+    rt = Runtime.open(settings, s3_pool_size=1)
     if action == "dead":
-        for letter in delivery.dead_letters(conn):
+        for letter in delivery.dead_letters(rt.redis):
             print(json.dumps(letter))
         return 0
-    if job_id and delivery.redeliver(conn, settings, job_id):
+    if job_id and delivery.redeliver(rt, job_id):
         print(f"queued a new delivery for job {job_id}")
         return 0
     print(f"delineate webhooks: no dead letter for job {job_id}", file=sys.stderr)

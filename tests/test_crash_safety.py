@@ -31,11 +31,11 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 
-from service import harness
+from service import harness, keys
 from service.harness import Proc, Stack, running_stack, start_api
 from service.jobs import enqueue, reaper, state
-from service.redis_client import async_client
-from service.settings import Settings, load_settings
+from service.runtime import Runtime
+from service.settings import load_settings
 from tests import sse
 from tests.jobs import TERMINAL, initiate, plant_execution, wait_for
 from tests.support import base_env, require_binary
@@ -60,7 +60,7 @@ def conn(redis_factory: Callable[..., harness.Server]) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _settings(conn: redis.Redis, **overrides: object) -> Settings:
+def _runtime(conn: redis.Redis, **overrides: object) -> Runtime:
     url = "redis://{host}:{port}/0".format(**conn.connection_pool.connection_kwargs)
     values: dict[str, object] = {
         "redis_url": url,
@@ -68,10 +68,10 @@ def _settings(conn: redis.Redis, **overrides: object) -> Settings:
         "reaper_interval_s": 1,
         "job_max_retries": 2,
     }
-    return load_settings(**{**values, **overrides})
+    return Runtime.open(load_settings(**{**values, **overrides}), s3_pool_size=1)
 
 
-def _create(conn: redis.Redis, settings: Settings) -> str:
+def _create(rt: Runtime) -> str:
     """A job as the API creates it: state, index entries and RQ job on its queue, one MULTI."""
     job = state.JobRecord(
         id=str(uuid.uuid4()),
@@ -79,37 +79,38 @@ def _create(conn: redis.Redis, settings: Settings) -> str:
         file_ids=[70000],
         created_at=state.now_iso(),
         client="127.0.0.1",
-        queue=enqueue.SMALL_QUEUE,
+        queue=keys.SMALL_QUEUE,
     )
 
     async def create() -> str | None:
-        aconn = async_client(settings.redis_url)
+        # a fresh async client for this event loop (asyncio.run makes one per call)
+        loop_rt = Runtime.open(rt.settings, s3_pool_size=1)
         try:
-            return await enqueue.enqueue(aconn, conn, settings, job)
+            return await enqueue.enqueue(loop_rt, job)
         finally:
-            await aconn.aclose()
+            await loop_rt.aclose()
 
     assert asyncio.run(create()) is None
     return job.id
 
 
-def _orphan(conn: redis.Redis, settings: Settings) -> str:
+def _orphan(rt: Runtime) -> str:
     """A job a worker popped and then died with: in no queue and in no registry."""
-    job_id = _create(conn, settings)
-    queue_key = enqueue._queue(enqueue.SMALL_QUEUE, conn).key
-    assert conn.lrem(queue_key, 1, job_id) == 1
+    job_id = _create(rt)
+    assert rt.redis.lrem(keys.rq_queue(keys.SMALL_QUEUE), 1, job_id) == 1
     return job_id
 
 
-def _reap(conn: redis.Redis, settings: Settings) -> reaper.ReapReport:
-    conn.delete(reaper.LOCK_KEY)  # the lock paces workers; a test drives the passes itself
-    report = reaper.reap(conn, settings)
+def _reap(rt: Runtime, now: float | None = None) -> reaper.ReapReport:
+    """One pass at `now` (default: the clock); the lock paces workers, a test drives passes."""
+    rt.redis.delete(keys.REAPER_LOCK)
+    report = reaper.reap(rt, now)
     assert report.ran
     return report
 
 
 def _status(conn: redis.Redis, job_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in conn.hgetall(state.job_key(job_id)).items()}
+    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.job(job_id)).items()}
 
 
 def _reaped_count(action: str, reason: str) -> float:
@@ -118,73 +119,70 @@ def _reaped_count(action: str, reason: str) -> float:
 
 
 def test_the_reaper_trims_ids_of_jobs_expired_longer_ago_than_the_index_keeps_them(conn):
-    settings = _settings(conn)
-    live = _create(conn, settings)
-    horizon = time.time() - settings.job_ttl_s - state.INDEX_KEPT_S
-    conn.zadd(state.INDEX_KEY, {"forgotten": horizon - 60, "still-gone": horizon + 60})
+    rt = _runtime(conn)
+    live = _create(rt)
+    horizon = time.time() - rt.settings.job_ttl_s - state.INDEX_KEPT_S
+    conn.zadd(keys.JOB_INDEX, {"forgotten": horizon - 60, "still-gone": horizon + 60})
 
-    assert _reap(conn, settings).forgotten == 1
-    assert conn.zscore(state.INDEX_KEY, "forgotten") is None
-    assert conn.zscore(state.INDEX_KEY, "still-gone") is not None, "answers 410 until INDEX_KEPT_S"
-    assert conn.zscore(state.INDEX_KEY, live) is not None
+    assert _reap(rt).forgotten == 1
+    assert conn.zscore(keys.JOB_INDEX, "forgotten") is None
+    assert conn.zscore(keys.JOB_INDEX, "still-gone") is not None, "answers 410 until INDEX_KEPT_S"
+    assert conn.zscore(keys.JOB_INDEX, live) is not None
 
 
 @pytest.mark.parametrize("limit", [0, 3])
 def test_a_client_s_active_jobs_are_tracked_only_while_a_limit_reads_them(conn, limit):
     """Without PER_CLIENT_MAX_ACTIVE_JOBS nothing would ever prune the set: it would only grow."""
-    settings = _settings(conn, per_client_max_active_jobs=limit)
-    job_id = _create(conn, settings)
-    tracked = conn.zscore(state.client_active_key("127.0.0.1"), job_id) is not None
+    rt = _runtime(conn, per_client_max_active_jobs=limit)
+    job_id = _create(rt)
+    tracked = conn.zscore(keys.client_active("127.0.0.1"), job_id) is not None
     assert tracked == bool(limit)
 
 
 def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
-    settings = _settings(conn)
-    healthy = _create(conn, settings)
-    orphan = _orphan(conn, settings)
-    grace = reaper.suspect_grace_s(settings)
-    queue_key = enqueue._queue(enqueue.SMALL_QUEUE, conn).key
+    rt = _runtime(conn)
+    healthy = _create(rt)
+    orphan = _orphan(rt)
+    grace = reaper.suspect_grace_s(rt.settings)
+    queue_key = keys.rq_queue(keys.SMALL_QUEUE)
 
-    first = _reap(conn, settings)
     seen_at = time.time()
+    first = _reap(rt, now=seen_at)
     assert first.checked == 2 and first.suspects == [orphan]
     assert first.requeued == [] and first.failed == []
     assert conn.lpos(queue_key, orphan) is None
-    assert reaper.reap(conn, settings).ran is False, "a second pass within the interval is locked out"
+    assert reaper.reap(rt).ran is False, "a second pass within the interval is locked out"
 
-    while time.time() - seen_at < grace - 0.5:
-        early = _reap(conn, settings)
-        assert early.requeued == [] and early.suspects == [orphan], "acted within the grace period"
-        time.sleep(0.2)
+    for later in (0.2, grace / 2, grace - 0.01):  # passes within the grace period
+        early = _reap(rt, now=seen_at + later)
+        assert early.requeued == [] and early.suspects == [orphan], f"acted {later} s after"
     assert conn.lpos(queue_key, orphan) is None
 
-    time.sleep(max(0.0, seen_at + grace + 0.05 - time.time()))
     counted = _reaped_count("requeued", "orphaned")
-    late = _reap(conn, settings)
+    late = _reap(rt, now=seen_at + grace + 0.01)
     assert late.requeued == [orphan] and late.suspects == []
     assert _reaped_count("requeued", "orphaned") == counted + 1
     assert conn.lpos(queue_key, orphan) == 0, "requeued at the front"
     rq_job = Job.fetch(orphan, connection=conn)
     assert rq_job.get_status() == JobStatus.QUEUED
-    assert rq_job.retries_left == settings.job_max_retries - 1, "one retry spent"
+    assert rq_job.retries_left == rt.settings.job_max_retries - 1, "one retry spent"
     assert _status(conn, orphan)["status"] == state.QUEUED
     assert _status(conn, healthy)["status"] == state.QUEUED
-    assert conn.hlen(reaper.SUSPECTS_KEY) == 0
+    assert conn.hlen(keys.REAPER_SUSPECTS) == 0
     assert conn.llen(queue_key) == 2, "neither job queued twice"
-    assert _reap(conn, settings).suspects == []
+    assert _reap(rt).suspects == []
 
 
 def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
     """Killed after the execution was registered, before perform_job marked it started."""
-    settings = _settings(conn)
-    job_id = _orphan(conn, settings)
+    rt = _runtime(conn)
+    job_id = _orphan(rt)
     plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
-    registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
-    owned = _reap(conn, settings)
+    registry = StartedJobRegistry(keys.SMALL_QUEUE, connection=conn)
+    owned = _reap(rt)
     assert owned.suspects == [] and owned.requeued == [], "a live execution owns it"
-    time.sleep(1.1)
-    # expired and RQ still says queued: its execution died, no grace needed
-    abandoned = _reap(conn, settings)
+    # a pass after its entry expired, RQ still saying queued: its execution died, no grace needed
+    abandoned = _reap(rt, now=time.time() + 1.1)
     assert abandoned.requeued == [job_id]
     assert registry.get_job_ids(cleanup=False) == [], "the dead execution's entry went with it"
     assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED
@@ -192,26 +190,26 @@ def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
 
 def test_the_known_bug_after_rq_cleanup_dropped_the_entry(conn):
     """The same orphan once RQ's maintenance ran first: in no queue and no registry."""
-    settings = _settings(conn)
-    job_id = _orphan(conn, settings)
+    rt = _runtime(conn)
+    job_id = _orphan(rt)
     plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
-    registry = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn)
-    time.sleep(1.1)
+    registry = StartedJobRegistry(keys.SMALL_QUEUE, connection=conn)
+    time.sleep(1.1)  # RQ's clock, not the reaper's: its cleanup below reads the real time
     registry.cleanup()  # RQ's own maintenance: skips the job (not `started`), drops its entry
     assert registry.get_job_ids(cleanup=False) == []
     assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED, "RQ left it"
-    assert _reap(conn, settings).suspects == [job_id]
-    time.sleep(reaper.suspect_grace_s(settings))
-    assert _reap(conn, settings).requeued == [job_id]
+    seen_at = time.time()
+    assert _reap(rt, now=seen_at).suspects == [job_id]
+    assert _reap(rt, now=seen_at + reaper.suspect_grace_s(rt.settings)).requeued == [job_id]
     assert Job.fetch(job_id, connection=conn).get_status() == JobStatus.QUEUED
 
 
 def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(conn):
-    settings = _settings(conn, job_max_retries=0)
-    no_retries = _orphan(conn, settings)
-    missing = _create(conn, settings)
+    rt = _runtime(conn, job_max_retries=0)
+    no_retries = _orphan(rt)
+    missing = _create(rt)
     conn.delete(Job.key_for(missing))
-    rq_failed = _orphan(conn, settings)
+    rq_failed = _orphan(rt)
     failed_job = Job.fetch(rq_failed, connection=conn)
     with conn.pipeline() as pipe:
         failed_job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -220,12 +218,12 @@ def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(
         Result.create_failure(failed_job, 60, exc_string=failure, pipeline=pipe)  # as RQ records one
         pipe.execute()
 
-    first = _reap(conn, settings)
+    seen_at = time.time()
+    first = _reap(rt, now=seen_at)
     assert first.failed == [rq_failed], "RQ's final failure needs no grace"
     assert sorted(first.suspects) == sorted([no_retries, missing])
     assert _status(conn, rq_failed)["error"] == "failed in RQ: ValueError: boom"
-    time.sleep(reaper.suspect_grace_s(settings))
-    second = _reap(conn, settings)
+    second = _reap(rt, now=seen_at + reaper.suspect_grace_s(rt.settings))
     assert sorted(second.failed) == sorted([no_retries, missing])
     assert second.pruned == 1, "the job failed by the first pass left the index"
     for job_id in (no_retries, missing, rq_failed):
@@ -234,15 +232,15 @@ def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(
     assert "no retries are left" in _status(conn, no_retries)["error"]
     assert "RQ job missing" in _status(conn, missing)["error"]
     assert Job.fetch(no_retries, connection=conn).get_status() == JobStatus.FAILED
-    third = _reap(conn, settings)
+    third = _reap(rt)
     assert third.pruned == 2 and third.checked == 2
-    assert conn.zcard(state.ACTIVE_KEY) == 0
+    assert conn.zcard(keys.ACTIVE) == 0
 
 
 def test_a_job_running_far_beyond_its_timeout_is_failed(conn):
-    settings = _settings(conn, job_timeout_s=1)
-    stuck = _orphan(conn, settings)
-    running = _orphan(conn, settings)
+    rt = _runtime(conn, job_timeout_s=1)
+    stuck = _orphan(rt)
+    running = _orphan(rt)
     for job_id, started in ((stuck, 30), (running, 0)):
         rq_job = Job.fetch(job_id, connection=conn)
         with conn.pipeline() as pipe:
@@ -251,11 +249,58 @@ def test_a_job_running_far_beyond_its_timeout_is_failed(conn):
             pipe.execute()
         rq_job.started_at = datetime.now(UTC) - timedelta(seconds=started)
         rq_job.save()
-        conn.hset(state.job_key(job_id), "status", state.PROCESSING)
-    report = _reap(conn, settings)
+        conn.hset(keys.job(job_id), "status", state.PROCESSING)
+    report = _reap(rt)
     assert report.failed == [stuck] and report.suspects == []
     assert _status(conn, stuck)["error"].startswith("stuck beyond timeout")
     assert _status(conn, running)["status"] == state.PROCESSING
+
+
+# -- every ending through one door, counted on one clock ----------------------------------------
+
+
+def _finished(queue: str, outcome: str) -> tuple[float, float]:
+    """(jobs counted finished, seconds summed in the duration histogram) for queue/outcome."""
+    labels = {"queue": queue, "outcome": outcome}
+    count = REGISTRY.get_sample_value("delineate_jobs_finished_total", labels) or 0.0
+    total = REGISTRY.get_sample_value("delineate_job_duration_seconds_sum", labels) or 0.0
+    return count, total
+
+
+def _accepted_ago(rt: Runtime, job_id: str, seconds: float) -> None:
+    """Make the job look accepted `seconds` ago (RQ's own timestamps stay at now)."""
+    then = datetime.now(UTC) - timedelta(seconds=seconds)
+    rt.redis.hset(keys.job(job_id), "created_at", then.isoformat(timespec="milliseconds"))
+
+
+@pytest.mark.parametrize("ending", ["cancel", "rq_failure", "reaper_rq_missing"])
+def test_every_ending_is_counted_once_from_acceptance(conn, ending):
+    """The duration histogram reads the job's own `created_at`, whoever ends it: a cancel once
+    measured from RQ's enqueued_at, RQ's failure callback from RQ's created_at, and the reaper
+    did not count a job whose RQ hash was lost at all."""
+    from service import runtime
+    from service.jobs import cancel, download
+
+    rt = _runtime(conn, job_max_retries=0)
+    job_id = _create(rt) if ending != "reaper_rq_missing" else _orphan(rt)
+    _accepted_ago(rt, job_id, 100)
+    outcome = state.CANCELLED if ending == "cancel" else state.FAILED
+    before = _finished(keys.SMALL_QUEUE, outcome)
+    if ending == "cancel":
+        cancel.request(rt, job_id)
+    elif ending == "rq_failure":
+        runtime.install(rt)
+        rq_job = Job.fetch(job_id, connection=conn)
+        download.on_failure(rq_job, conn, ValueError, ValueError("boom"), None)
+    else:
+        conn.delete(Job.key_for(job_id))
+        seen_at = time.time()
+        _reap(rt, now=seen_at)
+        assert _reap(rt, now=seen_at + reaper.suspect_grace_s(rt.settings)).failed == [job_id]
+    count, total = _finished(keys.SMALL_QUEUE, outcome)
+    assert _status(conn, job_id)["status"] == outcome
+    assert count == before[0] + 1, "counted once"
+    assert 100 <= total - before[1] < 110, "observed from acceptance"
 
 
 # -- kill -9 a worker mid-job, 20 times ------------------------------------------------------------
@@ -266,15 +311,15 @@ ORPHANED = ("popped, not registered", "registered, not started")  # RQ's cleanup
 
 def _phase(conn: redis.Redis, job_id: str) -> str:
     """Where the job was when its worker died (read right after the kill)."""
-    ours = conn.hget(state.job_key(job_id), "status").decode()
+    ours = conn.hget(keys.job(job_id), "status").decode()
     if ours != state.QUEUED:
         return ours
-    if conn.lpos(enqueue._queue(enqueue.SMALL_QUEUE, conn).key, job_id) is not None:
+    if conn.lpos(keys.rq_queue(keys.SMALL_QUEUE), job_id) is not None:
         return "in queue"
     rq_status = Job.fetch(job_id, connection=conn).get_status()
     if rq_status != JobStatus.QUEUED:
         return f"rq {rq_status.value}"
-    registered = StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn).get_job_ids(cleanup=False)
+    registered = StartedJobRegistry(keys.SMALL_QUEUE, connection=conn).get_job_ids(cleanup=False)
     return ORPHANED[1] if job_id in registered else ORPHANED[0]
 
 
@@ -406,10 +451,10 @@ def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(
         assert len(outcomes) == 20
         for lane in lanes:
             conn = redis.Redis.from_url(lane.stack.env["REDIS_URL"])
-            statuses = {conn.hget(state.job_key(j), "status").decode() for j in lane.outcomes}
+            statuses = {conn.hget(keys.job(j), "status").decode() for j in lane.outcomes}
             assert statuses == {"completed"}
-            assert conn.llen(enqueue._queue(enqueue.SMALL_QUEUE, conn).key) == 0
-            assert StartedJobRegistry(enqueue.SMALL_QUEUE, connection=conn).get_job_ids() == []
+            assert conn.llen(keys.rq_queue(keys.SMALL_QUEUE)) == 0
+            assert StartedJobRegistry(keys.SMALL_QUEUE, connection=conn).get_job_ids() == []
         # a job orphaned before it started is invisible to RQ's cleanup: only the reaper saves it
         orphaned = {j for j, phase in phases.items() if phase in ORPHANED}
         assert ORPHANED[0] in phases.values(), "the frozen-worker rounds should orphan their jobs"
@@ -417,7 +462,7 @@ def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(
 
 
 def _left_queue(conn: redis.Redis, job_id: str) -> bool:
-    return conn.lpos(enqueue._queue(enqueue.SMALL_QUEUE, conn).key, job_id) is None
+    return conn.lpos(keys.rq_queue(keys.SMALL_QUEUE), job_id) is None
 
 
 def _wait_terminal(client: httpx.Client, job_id: str, timeout_s: float) -> dict[str, object] | None:

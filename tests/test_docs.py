@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import inspect
 import json
 import re
 from typing import Any
@@ -26,7 +27,7 @@ from service.jobs import state
 from service.settings import Settings
 from tests.support import ROOT
 
-DOCS = ("docs/ARCHITECTURE.md", "docs/frontend.md")
+DOCS = ("docs/ARCHITECTURE.md", "docs/frontend.md", "docs/jobs.md")
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -180,8 +181,8 @@ def test_backticked_names_exist(doc: str) -> None:
         ("`GET /v1/download/stauts/{jobId}`", "routes()"),
         ("`DELETE /v1/download/initiate`", "has no DELETE"),
         ("`service/jobs/workr.py`", "does not exist"),
-        ("`service/jobs/tasks.py:proces_download`", "not in the source"),
-        ("`tasks.transitoin`", "transitoin"),
+        ("`service/jobs/download.py:rnu`", "not in the source"),
+        ("`lifecycle.finsh`", "finsh"),
         ("`DownloadWorkr`", "DownloadWorkr"),
         ("`totalFileId`", "neither"),
     ],
@@ -192,7 +193,7 @@ def test_checker_catches_misspellings(span: str, expected: str) -> None:
 
 
 def test_checker_accepts_real_names() -> None:
-    spans = "`QUEUE_MAX_DEPTH` `GET /v1/download/status/{jobId}` `service/jobs/worker.py` `tasks.finish`"
+    spans = "`QUEUE_MAX_DEPTH` `GET /v1/download/status/{jobId}` `service/jobs/worker.py` `lifecycle.finish`"
     assert [problem_with(span) for span in inline_code(spans)] == [None] * 4
 
 
@@ -296,10 +297,10 @@ def dict_keys(node: ast.Dict) -> set[str]:
 
 def file_result() -> dict[str, Any]:
     """A per-file result shaped as the worker builds it (the dict literal with `file_id`)."""
-    for node in ast.walk(tree("service/jobs/tasks.py")):
+    for node in ast.walk(tree("service/jobs/download.py")):
         if isinstance(node, ast.Dict) and "file_id" in dict_keys(node):
             return {key: 1 for key in dict_keys(node)}
-    raise AssertionError("no per-file result dict in service/jobs/tasks.py")
+    raise AssertionError("no per-file result dict in service/jobs/download.py")
 
 
 def initiate_keys() -> set[str]:
@@ -325,7 +326,7 @@ def status_update_fields() -> dict[str, set[str]]:
             if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             literals = {
-                target.id: dict_keys(assign.value)
+                target.id: assign.value
                 for assign in ast.walk(func)
                 if isinstance(assign, ast.Assign | ast.AnnAssign) and isinstance(assign.value, ast.Dict)
                 for target in (assign.targets if isinstance(assign, ast.Assign) else [assign.target])
@@ -334,14 +335,19 @@ def status_update_fields() -> dict[str, set[str]]:
             for call in ast.walk(func):
                 if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "queue_update"):
                     continue
-                event = call.args[3] if len(call.args) > 3 else None
-                name = getattr(event, "attr", None)
+                # the event is named by the new status: a `status=` keyword or a spread dict's "status"
+                names = {kw.arg for kw in call.keywords if kw.arg}
+                values = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+                for kw in call.keywords:
+                    if kw.arg is None and isinstance(kw.value, ast.Name) and kw.value.id in literals:
+                        spread = literals[kw.value.id]
+                        names |= dict_keys(spread)
+                        for key, value in zip(spread.keys, spread.values, strict=True):
+                            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                                values[key.value] = value
+                name = getattr(values.get("status"), "attr", None)
                 if name not in {"QUEUED", "PROCESSING", "RETRYING"}:
                     continue
-                names = {kw.arg for kw in call.keywords if kw.arg}
-                for kw in call.keywords:
-                    if kw.arg is None and isinstance(kw.value, ast.Name):
-                        names |= literals.get(kw.value.id, set())
                 found.setdefault(getattr(state, name), set()).update(names)
     return found
 
@@ -371,7 +377,7 @@ def real_payloads() -> dict[str, set[str]]:
     recorder = Recorder()
     state.queue_create(recorder, job, 60, track_client=True)
     for event, fields in status_update_fields().items():
-        state.queue_update(recorder, job.id, 60, event, **{name: "x" for name in fields})
+        state.queue_update(recorder, job.id, 60, **{**{name: "x" for name in fields}, "status": event})
     state.queue_file_done(recorder, job.id, 60, file, 1, 1)
     status_events, progress_events = set(), set()
     for entry in recorder.events:
@@ -468,3 +474,60 @@ def test_hook_checker_catches_misspellings() -> None:
 def test_initiate_keys_come_from_the_route() -> None:
     """The AST reading is not vacuous: it finds what the route sends."""
     assert {"jobId", "statusUrl", "streamUrl", "fileUrl"} <= initiate_keys()
+
+
+# ------------------------------------------------------------------ Redis keys
+
+
+def keys_module_names() -> set[str]:
+    """Every `delineate:` key service/keys.py defines, prefix stripped; functions are called with
+    their parameter names as placeholders (`job:{job_id}`)."""
+    from service import keys
+
+    found: set[str] = set()
+    for name, value in vars(keys).items():
+        if name.startswith("_") or name == "rq_queue":
+            continue
+        if isinstance(value, str) and value.startswith(keys.PREFIX) and value != keys.PREFIX:
+            found.add(value)
+        elif inspect.isfunction(value) and value.__module__ == keys.__name__:
+            found.add(value(*(f"{{{p}}}" for p in inspect.signature(value).parameters)))
+    return {key.removeprefix(keys.PREFIX) for key in found}
+
+
+def key_table_names(text: str) -> set[str]:
+    """The backticked names in the first column of docs/jobs.md's key table (before `rq:*`)."""
+    section = text.split("## Redis keys", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in inline_code(row.split("|")[1]) if name != "rq:*"}
+
+
+def test_the_key_table_mirrors_service_keys() -> None:
+    from service import keys
+
+    text = read("docs/jobs.md")
+    assert key_table_names(text) == keys_module_names()
+    rq_row = next(line for line in text.splitlines() if line.startswith("| `rq:*`"))
+    assert all(f"`{queue}`" in rq_row for queue in keys.QUEUES)
+
+
+def test_the_key_table_check_catches_a_missing_key() -> None:
+    text = read("docs/jobs.md").replace("| `reaper:lock` |", "| `reaper:lokc` |")
+    assert key_table_names(text) != keys_module_names()
+
+
+# a key spelled out, the key prefix used, or a download queue named (the webhook queue's name is
+# also the CLI's `delineate webhooks` subcommand, so it cannot be told apart here)
+KEY_LITERAL = re.compile(r"""["']delineate:(?! )|\bPREFIX\b|["']downloads-(small|large)["']""")
+
+
+def test_no_key_is_spelled_outside_service_keys() -> None:
+    """Keys and queue names are spelled in service/keys.py only (one place for every name)."""
+    spelled = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in (ROOT / "service").rglob("*.py")
+        if path.name != "keys.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if KEY_LITERAL.search(line)
+    ]
+    assert spelled == []

@@ -8,7 +8,7 @@ import threading
 import pytest
 import redis
 
-from service.jobs import state
+from service import keys
 from tests.jobs import initiate, wait_for
 
 
@@ -69,7 +69,7 @@ def test_retry_storm_without_a_key_makes_one_job(make_stack):
             thread.join(30)
         assert len(ids) == 25 and len(set(ids)) == 1
         conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-        assert conn.zcard(state.INDEX_KEY) == 1
+        assert conn.zcard(keys.JOB_INDEX) == 1
         assert wait_for(client, ids[0])["status"] == "completed"
         different = client.post("/v1/download/initiate", json={"file_ids": [70014]}).json()["jobId"]
         assert different != ids[0]
@@ -85,7 +85,7 @@ def test_queue_over_its_maximum_depth_answers_503_and_creates_nothing(make_stack
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["requestId"] == refused.headers["x-request-id"]
         conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-        assert conn.zcard(state.INDEX_KEY) == 3
+        assert conn.zcard(keys.JOB_INDEX) == 3
         stack.add_worker()
         for response in accepted:
             assert wait_for(client, response.json()["jobId"])["status"] in {"completed", "failed"}

@@ -1,4 +1,4 @@
-"""The per-job lock: two executions of one job never both run it (service/jobs/exclusive.py).
+"""The per-job lock: two executions of one job never both run it (service/jobs/lock.py).
 
 A "ghost" execution, as a worker that RQ or the reaper believed dead would leave, is planted
 before a real worker picks the job up. While the ghost keeps heartbeating, the real worker

@@ -10,7 +10,7 @@ import zipfile
 import httpx
 import redis
 
-from service.jobs import state
+from service import keys
 from tests.jobs import initiate, wait_for
 from tests.support import LARGE_FILE_BYTES, LARGE_FILE_ID, TEST_BUCKET
 
@@ -90,7 +90,7 @@ def test_unknown_and_expired_jobs(stack):
         wait_for(client, job_id)
         # what Redis expiry does after JOB_TTL_S: the job's keys vanish, the index remembers
         conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-        conn.delete(state.job_key(job_id))
+        conn.delete(keys.job(job_id))
         gone = client.get(f"/v1/download/status/{job_id}")
         assert gone.status_code == 410
         assert gone.json()["error"] == "Gone"
@@ -135,7 +135,7 @@ def test_last_progress_and_the_end_are_one_transaction_when_nothing_comes_betwee
                 if current:
                     found.append(current)
                 current = None
-            elif name == "XADD" and current is not None and command[1] == state.events_key(job_id):
+            elif name == "XADD" and current is not None and command[1] == keys.events(job_id):
                 current.append(command[command.index("event") + 1])
         return found
 

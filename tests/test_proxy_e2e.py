@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from service.jobs import state
+from service import keys
 from service.proxy import budget
 from service.proxy.profiles import load_profile
 from tests.jobs import initiate
@@ -29,7 +29,7 @@ FAST = {"DOWNLOAD_DELAY_MIN_MS": "200", "DOWNLOAD_DELAY_MAX_MS": "400"}
 def job_client(stack, job_id: str) -> str:
     conn = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     try:
-        return conn.hget(state.job_key(job_id), "client")
+        return conn.hget(keys.job(job_id), "client")
     finally:
         conn.close()
 

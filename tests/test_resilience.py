@@ -10,7 +10,7 @@ from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
 from service.harness import wait_until
-from service.jobs.enqueue import SMALL_QUEUE
+from service.keys import SMALL_QUEUE
 from tests.gate import TcpGate
 from tests.jobs import initiate, wait_for
 

@@ -2,8 +2,9 @@
 
 A request travels: Edge (real client IP from a trusted proxy, request id, security headers,
 metrics, access log) -> CORS -> RateLimit (shared budget in Redis) -> the route in routes/,
-which validates with schemas.py and talks to Redis (jobs/state.py, jobs/enqueue.py) or S3
-(storage/s3.py).
+which validates with schemas.py and makes one call into jobs/ (enqueue.submit, cancel.request)
+or reads a job (jobs/state.py) or S3 (storage/s3.py), through the process's Runtime on
+`app.state.runtime`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from service.api.errors import HANDLERS
 from service.api.events import EventHub
 from service.api.middleware import CORSMiddleware, EdgeMiddleware, RateLimitMiddleware
 from service.api.ratelimit import RateLimiter
-from service.api.resources import Resources
 from service.api.responses import JSONResponse
 from service.api.routes import downloads, stream, system, ui
-from service.jobs.enqueue import QUEUES
+from service.jobs.enqueue import QueueCollector
+from service.runtime import Runtime
 from service.settings import Settings, load_settings
-from service.telemetry import metrics, tracing
+from service.telemetry import exposition, tracing
 from service.telemetry.logging import configure
 
 STATIC = package_files.files("service.api") / "static"
@@ -48,7 +49,7 @@ async def docs(request: Request) -> HTMLResponse:
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus exposition: all API processes merged, plus queue depth read from Redis now."""
     body, content_type = await run_in_threadpool(
-        metrics.render, request.app.state.metrics_registry, request.headers.get("accept")
+        exposition.render, request.app.state.metrics_registry, request.headers.get("accept")
     )
     return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
@@ -103,8 +104,8 @@ def create_app(settings: Settings) -> Starlette:
         settings.otel_service_name or "delineate-api",
         settings.otel_traces_sample_ratio,
     )
-    resources = Resources.open(settings)
-    hub = EventHub(resources.redis)
+    runtime = Runtime.open(settings, s3_pool_size=50)
+    hub = EventHub(runtime.aredis)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,10 +113,10 @@ def create_app(settings: Settings) -> Starlette:
         tune_gc()
         yield
         await hub.stop()
-        await resources.close()
-        metrics.mark_process_dead()
+        await runtime.aclose()
+        exposition.mark_process_dead()
 
-    limiter = RateLimiter(resources.batched, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
+    limiter = RateLimiter(runtime.batched, settings.rate_limit_max_requests, settings.rate_limit_window_ms)
     middleware = [
         Middleware(EdgeMiddleware, trusted=settings.trusted_networks),
         Middleware(
@@ -143,12 +144,10 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(RateLimitMiddleware, limiter=limiter),
     ]
     app = Starlette(routes=routes(), middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
-    app.state.resources = resources
+    app.state.runtime = runtime
     app.state.hub = hub
     app.state.openapi = openapi.document()
-    app.state.metrics_registry = metrics.api_registry(
-        [metrics.QueueCollector(lambda: resources.sync_redis, QUEUES)]
-    )
+    app.state.metrics_registry = exposition.api_registry([QueueCollector(runtime.redis)])
     tracing.instrument_app(app)  # outermost: the server span covers every middleware
     return app
 

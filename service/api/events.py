@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
-from service.jobs import state
+from service import keys
 from service.telemetry.logging import get_logger
 
 log = get_logger(__name__)
@@ -224,7 +224,7 @@ class EventHub:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(state.EVENTS_CHANNEL)
+                await pubsub.subscribe(keys.EVENTS_CHANNEL)
                 delay = 0.1
                 for job_id in list(self._subscribers):  # catch up on what an outage hid
                     self._notify(job_id)
@@ -252,9 +252,7 @@ class EventHub:
             while job_id in self._dirty and job_id in self._subscribers:
                 self._dirty.discard(job_id)
                 cursor = self._cursors.get(job_id)
-                entries = await self.redis.xrange(
-                    state.events_key(job_id), min=f"({cursor}" if cursor else "-"
-                )
+                entries = await self.redis.xrange(keys.events(job_id), min=f"({cursor}" if cursor else "-")
                 if not entries or job_id not in self._subscribers:
                     continue
                 self._cursors[job_id] = entries[-1][0]

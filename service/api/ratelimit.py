@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from service.jobs.state import PREFIX
+from service import keys
 from service.redis_client import TurnPipeline
 from service.telemetry.logging import get_logger
 
@@ -55,7 +55,7 @@ class RateLimiter:
         """Count one request; None when Redis cannot answer."""
         now_ms = time.time() * 1000
         window = int(now_ms // self.window_ms)
-        key = f"{PREFIX}rl:{client}:{window}"
+        key = keys.rate_limit(client, window)
         counted = self.batched.submit("INCR", key)
         self.batched.send("PEXPIRE", key, self.window_ms * 2)
         try:

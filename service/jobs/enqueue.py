@@ -1,9 +1,13 @@
-"""Put a job on its RQ queue together with its state, in one MULTI/EXEC.
+"""Accept a job: put it on its RQ queue together with its state, in one MULTI/EXEC.
 
-The state hash, the job index, the first event and RQ's own job hash and queue entry commit
-together: there is never a queued RQ job without state, nor state for a job that was not queued.
-Small jobs and large jobs use separate queues that workers serve round-robin, so a burst of
-1,000-file jobs cannot starve the one-file ones (docs/jobs.md).
+`submit` is the one call POST /v1/download/initiate makes. The state hash, the job index, the
+first event and RQ's own job hash and queue entry commit together: there is never a queued RQ
+job without state, nor state for a job that was not queued. Small jobs and large jobs use
+separate queues that workers serve round-robin (keys.DOWNLOAD_QUEUES), so a burst of
+1,000-file jobs cannot starve the one-file ones (docs/jobs.md). RQ runs `download.run`.
+
+The queue depth is read here too: QUEUE_MAX_DEPTH's check, and the scrape-time collector
+behind `delineate_queue_depth` and `delineate_rq_workers` (`QueueCollector`).
 """
 
 from __future__ import annotations
@@ -11,27 +15,33 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aioredis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.exceptions import WatchError
 from rq import Callback, Queue, Retry
+from rq.worker import Worker
 
-from service.jobs import state, tasks
+from service import keys
+from service.jobs import download, state
 from service.settings import Settings
 from service.telemetry import metrics, tracing
 
-SMALL_QUEUE = "downloads-small"
-LARGE_QUEUE = "downloads-large"
-QUEUES = (SMALL_QUEUE, LARGE_QUEUE)
-TASK = "service.jobs.tasks.process_download"
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
+RESULT_TTL_S = 600  # how long RQ keeps a finished job's return value (ours live in the job hash)
 
 
 def queue_name(settings: Settings, file_count: int) -> str:
-    return SMALL_QUEUE if file_count <= settings.small_job_max_files else LARGE_QUEUE
+    return keys.SMALL_QUEUE if file_count <= settings.small_job_max_files else keys.LARGE_QUEUE
 
 
 @lru_cache(maxsize=8)
@@ -71,32 +81,64 @@ class Claim:
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if idempotency_key:
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-            return cls(f"{state.PREFIX}idem:{client}:{digest}", fingerprint, settings.idempotency_ttl_s)
+            return cls(keys.idempotency(client, digest), fingerprint, settings.idempotency_ttl_s)
         if settings.dedupe_window_s:
-            return cls(f"{state.PREFIX}dedupe:{client}:{fingerprint}", fingerprint, settings.dedupe_window_s)
+            return cls(keys.dedupe(client, fingerprint), fingerprint, settings.dedupe_window_s)
         return None
 
 
-async def enqueue(
-    aconn: aioredis.Redis,
-    conn: redis.Redis,
-    settings: Settings,
-    job: state.JobRecord,
-    claim: Claim | None = None,
-) -> str | None:
+@dataclass(frozen=True)
+class Accepted:
+    """What initiate answers: the job (new, or the one an identical earlier request made)."""
+
+    job_id: str
+    status: str
+    total: int
+    replayed: bool  # an earlier request's job (Idempotency-Key or DEDUPE_WINDOW_S)
+
+
+async def submit(
+    rt: Runtime,
+    file_ids: list[int],
+    *,
+    client: str,
+    body: dict[str, Any],
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+) -> Accepted:
+    """Create and queue a job for `file_ids`, unless `body` repeats an earlier request (then
+    that job). Raises QueueFull, TooManyActive or IdempotencyConflict."""
+    job = state.JobRecord(
+        id=str(uuid.uuid4()),
+        status=state.QUEUED,
+        file_ids=file_ids,
+        created_at=state.now_iso(),
+        client=client,
+        queue=queue_name(rt.settings, len(file_ids)),
+        callback_url=callback_url,
+    )
+    earlier = await enqueue(rt, job, Claim.make(rt.settings, client, body, idempotency_key))
+    if earlier is None:
+        return Accepted(job.id, job.status, job.total, replayed=False)
+    status = await rt.aredis.hget(keys.job(earlier), "status")
+    return Accepted(earlier, status or job.status, job.total, replayed=True)
+
+
+async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None) -> str | None:
     """Queue `job`, or return the id of the job an earlier identical request created.
 
-    Runs on the API's event loop with its async client `aconn`; RQ (synchronous) only builds
-    its commands, on a pipeline of `conn` that is never sent (no thread pool hop per initiate).
-    The claim is checked under WATCH and written in the same MULTI as the job, so two racing
-    repeats make one job. Returns None when `job` was queued.
+    Runs on the API's event loop with its async client; RQ (synchronous) only builds its
+    commands, on a pipeline of the sync client that is never sent (no thread pool hop per
+    initiate). The claim is checked under WATCH and written in the same MULTI as the job, so
+    two racing repeats make one job. Returns None when `job` was queued.
     """
-    if settings.queue_max_depth and await _DEPTH.over(aconn, settings.queue_max_depth):
+    settings = rt.settings
+    if settings.queue_max_depth and await _DEPTH.over(rt.aredis, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
     while True:
         try:
-            return await _enqueue_once(aconn, conn, settings, job, claim)
+            return await _enqueue_once(rt.aredis, rt.redis, settings, job, claim)
         except WatchError:
             continue
 
@@ -109,7 +151,7 @@ async def _enqueue_once(
     claim: Claim | None,
 ) -> str | None:
     with tracing.producer_span(job.queue, job.id):
-        # the worker continues this trace (tasks.process_download)
+        # the worker continues this trace (download.run)
         job.traceparent = job.traceparent or tracing.current_traceparent()
         script = _writes(conn, settings, job, claim)
     async with aconn.pipeline(transaction=True) as pipe:
@@ -123,7 +165,7 @@ async def _enqueue_once(
                 return str(earlier["jobId"])
         limit = settings.per_client_max_active_jobs
         if limit and job.client:
-            active_key = state.client_active_key(job.client)
+            active_key = keys.client_active(job.client)
             await pipe.watch(active_key)
             if await pipe.zcard(active_key) >= limit:
                 await pipe.unwatch()
@@ -157,14 +199,14 @@ def _writes(
             writes, job, settings.job_ttl_s, track_client=bool(settings.per_client_max_active_jobs)
         )
         _queue(job.queue, conn).enqueue_call(
-            TASK,
+            download.run,
             args=(job.id,),
             job_id=job.id,
             timeout=settings.job_timeout_s,
-            result_ttl=600,
+            result_ttl=RESULT_TTL_S,
             failure_ttl=settings.job_ttl_s,
             retry=retry,
-            on_failure=Callback(tasks.on_failure),
+            on_failure=Callback(download.on_failure),
             pipeline=writes,
         )
         return _as_one_script(writes)
@@ -183,11 +225,12 @@ return 0
 
 
 def _as_one_script(pipe: redis.client.Pipeline) -> tuple[Any, ...]:
-    """The ~15 queued writes (ours and RQ's own) as one EVAL that runs exactly them.
+    """The queued writes (ours and RQ's own) as one EVAL that runs exactly them.
 
     Sent inside MULTI/EXEC, under the same WATCH; Redis writes what it would have written
-    command by command, but the client packs and parses three commands instead of ~17 (a third
-    of an initiate's CPU). Depends on redis-py's `Pipeline.command_stack`.
+    command by command, but the client packs and parses three commands instead of one per
+    write, which dominated an initiate's CPU (docs/benchmarks.md). Depends on redis-py's
+    `Pipeline.command_stack`.
     """
     packed: list[Any] = []
     for args, _options in pipe.command_stack:
@@ -204,7 +247,7 @@ async def prune_active(aconn: aioredis.Redis, key: str) -> int:
     members = await aconn.zrange(key, 0, -1)
     async with aconn.pipeline(transaction=False) as pipe:
         for member in members:
-            pipe.hget(state.job_key(member), "status")
+            pipe.hget(keys.job(member), "status")
         statuses = await pipe.execute()
     done = [
         m for m, status in zip(members, statuses, strict=True) if status is None or status in state.TERMINAL
@@ -215,7 +258,7 @@ async def prune_active(aconn: aioredis.Redis, key: str) -> int:
 
 
 class _RecentDepth:
-    """QUEUE_MAX_DEPTH without a Redis read per request (it was one round trip of three).
+    """QUEUE_MAX_DEPTH without a Redis read per request.
 
     A depth read less than DEPTH_MAX_AGE_S ago, plus the jobs this process queued since, is
     trusted while it is under 90% of the limit; closer to the limit every request reads the
@@ -248,6 +291,53 @@ _DEPTH = _RecentDepth()
 async def depth(aconn: aioredis.Redis) -> int:
     """Jobs waiting across the download queues."""
     async with aconn.pipeline(transaction=False) as pipe:
-        for name in QUEUES:
-            pipe.llen(Queue.redis_queue_namespace_prefix + name)
+        for name in keys.DOWNLOAD_QUEUES:
+            pipe.llen(keys.rq_queue(name))
         return sum(await pipe.execute())
+
+
+RQ_WORKER_STATES = ("busy", "idle", "started", "suspended")
+
+
+class QueueCollector(Collector):
+    """Per scrape, from Redis: LLEN of each download queue, RQ's registered workers by state,
+    and Redis's memory against its maxmemory (with `noeviction` a full Redis refuses new jobs).
+
+    Errors yield no samples: a scrape must not fail because Redis is down (the API's own
+    metrics matter most then).
+    """
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for name in keys.DOWNLOAD_QUEUES:
+                    pipe.llen(keys.rq_queue(name))
+                pipe.info("memory")
+                *depths, memory = pipe.execute()
+            workers = Worker.all(connection=self.conn)
+            states = [str(getattr(w.get_state(), "value", w.get_state())) for w in workers]
+        except Exception:  # Redis unreachable: export nothing rather than fail the scrape
+            return
+        depth = GaugeMetricFamily("delineate_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        for name, value in zip(keys.DOWNLOAD_QUEUES, depths, strict=True):
+            depth.add_metric([name], value)
+        yield depth
+        family = GaugeMetricFamily(
+            "delineate_rq_workers",
+            "Workers registered in RQ, by state (busy = running >= 1 job).",
+            labels=["state"],
+        )
+        for worker_state in sorted({*RQ_WORKER_STATES, *states}):
+            family.add_metric([worker_state], states.count(worker_state))
+        yield family
+        yield GaugeMetricFamily(
+            "delineate_redis_memory_used_bytes", "Redis used_memory.", value=memory["used_memory"]
+        )
+        yield GaugeMetricFamily(
+            "delineate_redis_memory_max_bytes",
+            "Redis maxmemory (0: no limit, then the host's memory is).",
+            value=memory["maxmemory"],
+        )

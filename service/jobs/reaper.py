@@ -4,7 +4,7 @@ RQ's abandoned-job handling (`StartedJobRegistry.cleanup`) retries a job whose w
 while it ran, but only while RQ's status says `started`. A worker killed between dequeue and
 `perform_job` leaves a job whose status is still `queued`: cleanup drops its registry entry and
 the job is then in no queue and no registry, and nothing would ever run it again. So the reaper
-walks our own index of unfinished jobs (`state.ACTIVE_KEY`) and asks, for each one, who owns it:
+walks our own index of unfinished jobs (`keys.ACTIVE`) and asks, for each one, who owns it:
 
 - finished or expired in our state: drop it from the index (the index is pruned lazily);
 - RQ's status is `failed` (final) but ours is not: finish it `failed` with RQ's reason;
@@ -21,19 +21,21 @@ walks our own index of unfinished jobs (`state.ACTIVE_KEY`) and asks, for each o
   (spending one, so a job that kills its workers cannot loop), else finished `failed` with
   the reason.
 
-Each pass also trims the job index (`state.INDEX_KEY`, kept for 410 answers) of ids whose jobs
+Each pass also trims the job index (`keys.JOB_INDEX`, kept for 410 answers) of ids whose jobs
 expired more than INDEX_KEPT_S ago: Redis runs with `noeviction`, so nothing may grow forever.
 
 The scan reads in bulk and may see a job mid-move; every action re-checks that one job first,
 and a requeue commits under WATCH on the job and its executions, so the reaper never races RQ
-or a slow worker into running a job twice. Every worker calls `reap` every REAPER_INTERVAL_S;
-a SET NX PX lock lets one of them do the work per interval.
+or a slow worker into running a job twice. Every state change goes through jobs/lifecycle.py.
+Every worker calls `reap` every REAPER_INTERVAL_S; a SET NX PX lock lets one of them do the
+work per interval.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -43,14 +45,15 @@ from rq.queue import Queue
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 
-from service.jobs import state
-from service.jobs.tasks import JobGone, finish
+from service import keys
+from service.jobs import lifecycle, lock, state
 from service.settings import Settings
 from service.telemetry import metrics
 from service.telemetry.logging import get_logger
 
-LOCK_KEY = state.PREFIX + "reaper:lock"
-SUSPECTS_KEY = state.PREFIX + "reaper:suspects"  # hash: job id -> unix time first seen unowned
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
 CHUNK = 500
 MAX_WATCH_TRIES = 5
 
@@ -77,31 +80,37 @@ def suspect_grace_s(settings: Settings) -> float:
 
 def timeout_margin_s(settings: Settings) -> float:
     """Slack past a job's timeout before it counts as stuck (its death penalty should fire)."""
-    return 3.0 * settings.worker_heartbeat_s + 2.0 * settings.reaper_interval_s
+    return lock.lease_s(settings.worker_heartbeat_s) + 2.0 * settings.reaper_interval_s
 
 
-def reap(conn: redis.Redis, settings: Settings) -> ReapReport:
-    """One pass over the active-job index, by whichever worker takes the lock."""
+def reap(rt: Runtime, now: float | None = None) -> ReapReport:
+    """One pass over the active-job index, by whichever worker takes the lock.
+
+    `now` (unix time, default the clock) is the moment the pass judges at: tests run a pass
+    "later" instead of sleeping through a grace period.
+    """
+    conn, settings = rt.redis, rt.settings
+    now = time.time() if now is None else now
     report = ReapReport()
     lock_ms = max(settings.reaper_interval_s * 1000 - 250, 500)
-    if not conn.set(LOCK_KEY, "1", nx=True, px=lock_ms):
+    if not conn.set(keys.REAPER_LOCK, "1", nx=True, px=lock_ms):
         return report
     report.ran = True
-    ids = [state.text(member) for member in conn.zrange(state.ACTIVE_KEY, 0, -1)]
-    suspects = {state.text(k): float(v) for k, v in conn.hgetall(SUSPECTS_KEY).items()}
+    ids = [state.text(member) for member in conn.zrange(keys.ACTIVE, 0, -1)]
+    suspects = {state.text(k): float(v) for k, v in conn.hgetall(keys.REAPER_SUSPECTS).items()}
     owners = _Owners(conn)
     for start in range(0, len(ids), CHUNK):
-        _scan(conn, settings, ids[start : start + CHUNK], suspects, owners, report)
+        _scan(rt, ids[start : start + CHUNK], suspects, owners, report, now)
     gone = set(suspects) - set(ids)
     if gone:
-        conn.hdel(SUSPECTS_KEY, *gone)
-    report.forgotten = _forget_expired(conn, settings, time.time())
+        conn.hdel(keys.REAPER_SUSPECTS, *gone)
+    report.forgotten = _forget_expired(conn, settings, now)
     return report
 
 
 def _forget_expired(conn: redis.Redis, settings: Settings, now: float) -> int:
     """Drop ids from the job index once their jobs expired INDEX_KEPT_S ago (then 404, not 410)."""
-    return int(conn.zremrangebyscore(state.INDEX_KEY, "-inf", now - settings.job_ttl_s - state.INDEX_KEPT_S))
+    return int(conn.zremrangebyscore(keys.JOB_INDEX, "-inf", now - settings.job_ttl_s - state.INDEX_KEPT_S))
 
 
 class _Owners:
@@ -142,19 +151,19 @@ class _Owners:
 
 
 def _scan(
-    conn: redis.Redis,
-    settings: Settings,
+    rt: Runtime,
     ids: list[str],
     suspects: dict[str, float],
     owners: _Owners,
     report: ReapReport,
+    now: float,
 ) -> None:
+    conn, settings = rt.redis, rt.settings
     with conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hget(state.job_key(job_id), "status")
+            pipe.hget(keys.job(job_id), "status")
         statuses = [None if s is None else state.text(s) for s in pipe.execute()]
     rq_jobs = Job.fetch_many(ids, connection=conn)
-    now = time.time()
     finished: list[str] = []
     cleared: list[str] = []
     for job_id, status, rq_job in zip(ids, statuses, rq_jobs, strict=True):
@@ -168,27 +177,27 @@ def _scan(
                 cleared.append(job_id)
         elif verdict == "rq_failed":
             assert rq_job is not None
-            _fail(conn, settings, job_id, rq_job, "rq_failed", _rq_reason(rq_job), report)
+            _fail(rt, job_id, rq_job, "rq_failed", _rq_reason(rq_job), report)
         elif verdict == "timeout":
             assert rq_job is not None and rq_job.started_at is not None
             ran = now - rq_job.started_at.timestamp()
             reason = f"stuck beyond timeout: running {ran:.0f} s, timeout {_timeout(rq_job, settings)} s"
-            _fail(conn, settings, job_id, rq_job, "timeout", reason, report)
+            _fail(rt, job_id, rq_job, "timeout", reason, report)
         elif verdict == "abandoned":
-            _resolve(conn, settings, job_id, report)
+            _resolve(rt, job_id, report, now)
         elif job_id not in suspects:
-            conn.hset(SUSPECTS_KEY, job_id, str(now))
+            conn.hset(keys.REAPER_SUSPECTS, job_id, str(now))
             report.suspects.append(job_id)
         elif now - suspects[job_id] < suspect_grace_s(settings):
             report.suspects.append(job_id)
         else:
-            _resolve(conn, settings, job_id, report)
+            _resolve(rt, job_id, report, now)
     if finished:
-        conn.zrem(state.ACTIVE_KEY, *finished)
+        conn.zrem(keys.ACTIVE, *finished)
         report.pruned += len(finished)
         cleared += [job_id for job_id in finished if job_id in suspects]
     if cleared:
-        conn.hdel(SUSPECTS_KEY, *cleared)
+        conn.hdel(keys.REAPER_SUSPECTS, *cleared)
 
 
 def _verdict(rq_job: Job | None, owners: _Owners, now: float, settings: Settings) -> str:
@@ -237,38 +246,40 @@ def _registry_entries(conn: redis.Redis, origin: str, job_id: str) -> list[tuple
     return [(m, float(s)) for m, s in conn.zscan_iter(key, match=f"{job_id}:*")]
 
 
-def _resolve(conn: redis.Redis, settings: Settings, job_id: str, report: ReapReport) -> None:
+def _resolve(rt: Runtime, job_id: str, report: ReapReport, now: float) -> None:
     """Act on a suspect past its grace: requeue it through RQ, or fail it."""
+    conn = rt.redis
     try:
         rq_job: Job | None = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
         rq_job = None
     if rq_job is None:
-        _fail(conn, settings, job_id, None, "rq_missing", "the queue lost the job (RQ job missing)", report)
+        _fail(rt, job_id, None, "rq_missing", "the queue lost the job (RQ job missing)", report)
         return
     if rq_job.retries_left and rq_job.retries_left > 0:
-        outcome = _requeue(conn, settings, job_id)
+        outcome = _requeue(rt, job_id, now)
         if outcome == "requeued":
             report.requeued.append(job_id)
             metrics.JOBS_REAPED.labels("requeued", "orphaned").inc()
             log.warning("job_reaped", job_id=job_id, action="requeued", reason="orphaned")
         elif outcome == "owned":
-            conn.hdel(SUSPECTS_KEY, job_id)
+            conn.hdel(keys.REAPER_SUSPECTS, job_id)
         return
-    if _owned_now(conn, rq_job, time.time()):
-        conn.hdel(SUSPECTS_KEY, job_id)
+    if _owned_now(conn, rq_job, now):
+        conn.hdel(keys.REAPER_SUSPECTS, job_id)
         return
     reason = "the worker running the job was lost and no retries are left"
-    _fail(conn, settings, job_id, rq_job, "orphaned", reason, report)
+    _fail(rt, job_id, rq_job, "orphaned", reason, report)
 
 
-def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
+def _requeue(rt: Runtime, job_id: str, now: float) -> str:
     """Requeue at the front, spending one RQ retry; 'requeued' | 'owned' | 'finished' | 'busy'.
 
     WATCH covers our state, RQ's job hash and the job's execution registry: a retry by RQ, a
     cancel, or a slow worker creating an execution after the re-check aborts the MULTI.
     """
-    our_key = state.job_key(job_id)
+    conn = rt.redis
+    our_key = keys.job(job_id)
     watched = (our_key, Job.key_for(job_id), ExecutionRegistry(job_id, connection=conn).key)
     with conn.pipeline() as pipe:
         for _ in range(MAX_WATCH_TRIES):
@@ -283,7 +294,7 @@ def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
                 except NoSuchJobError:
                     pipe.unwatch()
                     return "busy"  # gone meanwhile: the next pass fails it
-                if _owned_now(conn, rq_job, time.time()):
+                if _owned_now(conn, rq_job, now):
                     pipe.unwatch()
                     return "owned"
                 stale = [member for member, _ in _registry_entries(conn, rq_job.origin, job_id)]
@@ -293,10 +304,10 @@ def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
                 if stale:
                     pipe.zrem(rq_job.started_job_registry.key, *stale)
                 if state.text(status) == state.PROCESSING:
-                    error = "the worker running the job was lost; requeued"
-                    fields = {"status": state.RETRYING, "error": error}
-                    state.queue_update(pipe, job_id, settings.job_ttl_s, state.RETRYING, **fields)
-                pipe.hdel(SUSPECTS_KEY, job_id)
+                    lifecycle.stage_retrying(
+                        pipe, rt, job_id, "the worker running the job was lost; requeued"
+                    )
+                pipe.hdel(keys.REAPER_SUSPECTS, job_id)
                 pipe.execute()
                 return "requeued"
             except redis.WatchError:
@@ -304,27 +315,19 @@ def _requeue(conn: redis.Redis, settings: Settings, job_id: str) -> str:
     return "busy"
 
 
-def _fail(
-    conn: redis.Redis,
-    settings: Settings,
-    job_id: str,
-    rq_job: Job | None,
-    why: str,
-    reason: str,
-    report: ReapReport,
-) -> None:
+def _fail(rt: Runtime, job_id: str, rq_job: Job | None, why: str, reason: str, report: ReapReport) -> None:
     """Finish the job `failed` through the one door; mirror it in RQ's failed registry."""
-    conn.hdel(SUSPECTS_KEY, job_id)
+    conn = rt.redis
+    conn.hdel(keys.REAPER_SUSPECTS, job_id)
     try:
-        finish(conn, settings, job_id, status=state.FAILED, error=reason[:500])
-    except JobGone:
+        lifecycle.finish(rt, job_id, status=state.FAILED, error=reason[:500])
+    except lifecycle.JobGone:
         return  # it ended meanwhile: nothing to reap
     report.failed.append(job_id)
     metrics.JOBS_REAPED.labels("failed", why).inc()
     log.warning("job_reaped", job_id=job_id, action="failed", reason=why, error=reason)
     if rq_job is None:
         return
-    metrics.job_finished(rq_job.origin, state.FAILED, rq_job.created_at)
     if rq_job.get_status(refresh=False) != JobStatus.FAILED and why != "timeout":
         with conn.pipeline() as pipe:
             rq_job.set_status(JobStatus.FAILED, pipeline=pipe)

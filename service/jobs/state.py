@@ -1,21 +1,14 @@
-"""The job schema in Redis (docs/jobs.md describes it for operators).
+"""A job as stored in Redis, and the writes that stage its changes (docs/jobs.md: the schema).
 
-Keys, all under the `delineate:` prefix and all expiring JOB_TTL_S after the last write:
-- `job:{id}`         hash: the job's fields (below), the single source of truth for clients,
-                     and `file:{n}`, the JSON result of the n-th file (0-based) once processed:
-                     one HGETALL reads a whole job (the status route's one round trip).
-- `job:{id}:events`  stream: every state change, for SSE replay (entry ids are SSE ids).
-- `jobs`             sorted set: job id -> creation time; tells an expired job (410) from an
-                     unknown one (404).
-- `active`           sorted set: job id -> creation time of jobs not known to be finished; the
-                     reaper walks it and drops the finished ones (pruned lazily, never trusted).
-- `client:{c}:active` sorted set: the same, per client, for PER_CLIENT_MAX_ACTIVE_JOBS.
-Changes are also announced on the pub/sub channel `events` (message: the job id) so each API
-process needs one subscription for all its streams.
+The job's hash (`keys.job`) holds its fields (`JobRecord`, below) and `file:{n}`, the JSON
+result of the n-th file (0-based) once processed, so one HGETALL reads a whole job (the status
+route's one round trip). Every change is also appended to the job's stream (`keys.events`, SSE
+replay) and announced on `keys.EVENTS_CHANNEL` (the job id), so each API process needs one
+subscription for all its streams. Everything expires JOB_TTL_S after the last write.
 
-The `queue_*` functions queue commands on a pipeline, sync or async alike, and never execute
-it: the caller chooses what else goes in the same MULTI (for example RQ's own enqueue
-commands). `load` is the synchronous read that workers and webhook deliveries share.
+The `queue_*` functions stage commands on a pipeline, sync or async alike, and never execute
+it: the caller chooses what else goes in the same MULTI (RQ's own enqueue commands at
+creation; jobs/lifecycle.py's guard for every later change).
 """
 
 from __future__ import annotations
@@ -25,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-PREFIX = "delineate:"
-INDEX_KEY = PREFIX + "jobs"  # every job id by creation time: 410 for an expired one, not 404
-# How long after a job's own keys expire (JOB_TTL_S) its id stays in INDEX_KEY; the reaper trims
-# older ids, or the index would grow by ~100 bytes per job forever in a `noeviction` Redis.
+from service import keys
+
+# How long after a job's own keys expire (JOB_TTL_S) its id stays in keys.JOB_INDEX; the reaper
+# trims older ids, or the index would grow by one entry per job forever in a `noeviction` Redis.
 INDEX_KEPT_S = 7 * 24 * 3600
-ACTIVE_KEY = PREFIX + "active"
-EVENTS_CHANNEL = PREFIX + "events"
 EVENTS_MAXLEN = 2_000
 FILE_FIELD = "file:"  # job hash fields file:0, file:1, ...: per-file results
 
@@ -44,18 +35,6 @@ QUEUED, PROCESSING, RETRYING, COMPLETED, FAILED, CANCELLED = (
     "cancelled",
 )
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:events"
-
-
-def client_active_key(client: str) -> str:
-    return f"{PREFIX}client:{client}:active"
 
 
 def now_iso() -> str:
@@ -155,27 +134,28 @@ def text(value: Any) -> str:
 def queue_create(pipe: Any, job: JobRecord, ttl_s: int, *, track_client: bool) -> None:
     """Write a new job and its `queued` event; with `track_client`, add it to its client's set
     of active jobs (only PER_CLIENT_MAX_ACTIVE_JOBS reads it, and prunes it)."""
-    pipe.hset(job_key(job.id), mapping=job.to_hash())
-    pipe.expire(job_key(job.id), ttl_s)
+    pipe.hset(keys.job(job.id), mapping=job.to_hash())
+    pipe.expire(keys.job(job.id), ttl_s)
     created = datetime.now(UTC).timestamp()
-    pipe.zadd(INDEX_KEY, {job.id: created})
-    pipe.zadd(ACTIVE_KEY, {job.id: created})
+    pipe.zadd(keys.JOB_INDEX, {job.id: created})
+    pipe.zadd(keys.ACTIVE, {job.id: created})
     if job.client and track_client:
-        pipe.zadd(client_active_key(job.client), {job.id: created})
-        pipe.expire(client_active_key(job.client), ttl_s)
+        pipe.zadd(keys.client_active(job.client), {job.id: created})
+        pipe.expire(keys.client_active(job.client), ttl_s)
     queue_event(pipe, job.id, QUEUED, {"status": QUEUED}, ttl_s)
 
 
-def queue_update(pipe: Any, job_id: str, ttl_s: int, event: str, **fields: Any) -> None:
-    """Set fields (None deletes one) and announce the change as `event`."""
+def queue_update(pipe: Any, job_id: str, ttl_s: int, **fields: Any) -> None:
+    """Set fields (None deletes one) and announce the change as the event named by the new
+    `status`."""
     updates = {name: str(value) for name, value in fields.items() if value is not None}
     removed = [name for name, value in fields.items() if value is None]
     if updates:
-        pipe.hset(job_key(job_id), mapping=updates)
+        pipe.hset(keys.job(job_id), mapping=updates)
     if removed:
-        pipe.hdel(job_key(job_id), *removed)
-    pipe.expire(job_key(job_id), ttl_s)
-    queue_event(pipe, job_id, event, {name: value for name, value in fields.items()}, ttl_s)
+        pipe.hdel(keys.job(job_id), *removed)
+    pipe.expire(keys.job(job_id), ttl_s)
+    queue_event(pipe, job_id, fields["status"], dict(fields), ttl_s)
 
 
 def queue_file_done(
@@ -183,22 +163,22 @@ def queue_file_done(
 ) -> None:
     """Record the `done`-th file's result and the progress it makes (a retried run that redoes
     a file overwrites its field: the index is the file's place in the job, not a counter)."""
-    pipe.hset(job_key(job_id), mapping={f"{FILE_FIELD}{done - 1}": json.dumps(result), "done": str(done)})
-    pipe.expire(job_key(job_id), ttl_s)
+    pipe.hset(keys.job(job_id), mapping={f"{FILE_FIELD}{done - 1}": json.dumps(result), "done": str(done)})
+    pipe.expire(keys.job(job_id), ttl_s)
     queue_event(pipe, job_id, "progress", {"done": done, "total": total, "file": result}, ttl_s)
 
 
 def queue_event(pipe: Any, job_id: str, event: str, data: dict[str, Any], ttl_s: int) -> None:
     pipe.xadd(
-        events_key(job_id),
+        keys.events(job_id),
         {"event": event, "data": json.dumps(data)},
         maxlen=EVENTS_MAXLEN,
         approximate=True,
     )
-    pipe.expire(events_key(job_id), ttl_s)
-    pipe.publish(EVENTS_CHANNEL, job_id)
+    pipe.expire(keys.events(job_id), ttl_s)
+    pipe.publish(keys.EVENTS_CHANNEL, job_id)
 
 
 def load(conn: Any, job_id: str) -> JobRecord | None:
     """Read one job with a sync client (one HGETALL); None once it expired."""
-    return JobRecord.from_redis(conn.hgetall(job_key(job_id)))
+    return JobRecord.from_redis(conn.hgetall(keys.job(job_id)))

@@ -1,20 +1,23 @@
 """An RQ worker that runs many I/O-bound downloads at once in one process.
 
-RQ's forking Worker gives each job its own process (about 45 MB each, about 40 jobs/s), which
-cannot carry a thousand two-minute downloads on one box. This worker keeps RQ's model (RQ 3
-already tracks several executions per worker) and runs each job's `perform_job` in a thread:
+RQ's forking Worker gives each job its own process (memory and a fork per job: figures in
+docs/benchmarks.md), which cannot carry a thousand two-minute downloads on one box. This worker
+keeps RQ's model (RQ 3 already tracks several executions per worker) and runs each job's
+`perform_job` in a thread:
 
 - the main loop dequeues only while one of WORKER_CONCURRENCY slots is free;
 - every execution is registered as RQ's own `Execution`, so StartedJobRegistry, the worker's
   execution index and RQ's abandoned-job handling stay truthful per job;
 - a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
-  three beats, so a worker killed with SIGKILL has its jobs retried soon after;
+  one lease (lock.lease_s), so a worker killed with SIGKILL has its jobs retried soon after;
 - job timeouts use RQ's TimerDeathPenalty (raises in the job's thread), and RQ's
-  command (stop-execution) sets the job's cancel event instead of killing a process;
+  command (stop-execution) signals the download (cancel.signal) instead of killing a process;
 - every REAPER_INTERVAL_S the main loop also runs the reaper (service/jobs/reaper.py), which
   recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start);
 - a Redis outage does not end the process (RQ's loop would quit on an error outside its
-  dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back.
+  dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back;
+- SIGTERM (or Ctrl+C) stops dequeuing at once, lets the running downloads finish, and exits 0;
+  a second one is RQ's cold shutdown.
 """
 
 from __future__ import annotations
@@ -27,22 +30,30 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
+from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import BaseWorker, WorkerStatus
 
-from service.jobs import cancellation, reaper
-from service.settings import Settings
+from service.jobs import cancel, lock, reaper
+from service.runtime import Runtime
 
 
 class DownloadWorker(BaseWorker):
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: object, settings: Settings, concurrency: int = 32, **kwargs: object) -> None:
-        self.settings = settings  # the reaper's (REAPER_INTERVAL_S...); RQ's __init__ reads it
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, queues: list[str], runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings  # RQ's __init__ reads dequeue_timeout, which reads it
+        concurrency = runtime.settings.worker_concurrency
+        super().__init__(
+            queues,  # type: ignore[arg-type]
+            connection=runtime.redis,
+            job_monitoring_interval=self.settings.worker_heartbeat_s,
+            maintenance_interval=self.settings.worker_maintenance_s,
+        )
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="download")
@@ -50,6 +61,7 @@ class DownloadWorker(BaseWorker):
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
         self._last_reap = -math.inf
+        self._dequeuing = False
 
     @property
     def running_count(self) -> int:
@@ -70,7 +82,7 @@ class DownloadWorker(BaseWorker):
             self.log.warning("job %s not started, Redis unavailable: %s", job.id, exc)
             return
         self._running[execution.id] = (job, execution)
-        cancellation.track(job.id)
+        cancel.track(job.id)
         self._pool.submit(self._perform, job, queue, execution)
         while not self._slots.acquire(timeout=1.0):
             if self._stop_requested:
@@ -80,8 +92,31 @@ class DownloadWorker(BaseWorker):
         self._slots.release()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        """Three missed beats and the execution counts as abandoned."""
-        return max(3 * self.job_monitoring_interval, 3)
+        """One lease: that many missed beats and the execution counts as abandoned."""
+        return max(int(lock.lease_s(self.job_monitoring_interval)), 3)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        self._dequeuing = True
+        try:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        finally:
+            self._dequeuing = False
+
+    def _shutdown(self) -> None:
+        """SIGTERM/SIGINT (RQ's warm shutdown): take no new job from now on.
+
+        RQ waits for a BUSY worker's current job by setting a flag its loop reads after that
+        job; this worker is BUSY while any download runs and its main thread may be blocked in
+        the dequeue, which never reads the flag (it kept taking jobs after SIGTERM). So the
+        flag is set and a dequeue in progress is interrupted; the loop then ends and
+        `teardown` waits for the running downloads.
+        """
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        if self._dequeuing:
+            raise StopRequested
 
     @property
     def dequeue_timeout(self) -> int:
@@ -102,7 +137,7 @@ class DownloadWorker(BaseWorker):
             self._last_reap = time.monotonic()
             try:
                 with self._riding_out("reaper pass"):
-                    report = reaper.reap(self.connection, self.settings)
+                    report = reaper.reap(self.runtime)
                     if report.requeued or report.failed:
                         self.log.info(
                             "reaper: %d requeued, %d failed, %d checked",
@@ -134,7 +169,7 @@ class DownloadWorker(BaseWorker):
         if running is None:
             self.log.warning("Not running execution %s, stop command ignored.", execution_id)
             return
-        cancellation.cancel(running[0].id)
+        cancel.signal(running[0].id)
 
     def teardown(self) -> None:
         """Warm shutdown: let running downloads finish (a second SIGTERM is a cold one)."""
@@ -162,7 +197,7 @@ class DownloadWorker(BaseWorker):
         try:
             self.perform_job(job, queue, execution)
         finally:
-            cancellation.forget(job.id)
+            cancel.forget(job.id)
             self._running.pop(execution.id, None)
             self._slots.release()
             if not self._running:

@@ -15,8 +15,6 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from service.telemetry.metrics import instrument_s3
-
 if TYPE_CHECKING:
     from service.settings import Settings
 
@@ -46,7 +44,7 @@ def make_client(settings: Settings, *, public: bool = False, pool_size: int = 10
         signature_version="s3v4",
     )
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-    client = boto3.session.Session().client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name=settings.s3_region,
@@ -54,7 +52,6 @@ def make_client(settings: Settings, *, public: bool = False, pool_size: int = 10
         aws_secret_access_key=secret,
         config=config,
     )
-    return instrument_s3(client)  # latency and errors per operation (botocore events)
 
 
 def _is_not_found(exc: ClientError) -> bool:

@@ -1,30 +1,21 @@
-"""Every Prometheus metric the service exports, defined once (docs/observability.md lists them).
+"""The catalogue: every Prometheus metric the service exports, defined once
+(docs/observability.md lists them), and the small helpers that record them.
 
-Two kinds of process export them:
-- the API (`GET /metrics`) may run several uvicorn workers, so it uses prometheus-client's
-  multiprocess mode: the CLI points PROMETHEUS_MULTIPROC_DIR at a fresh directory before any
-  metric exists, each worker process writes its values to mmap files there, and the scrape
-  merges them. Gauges say how they merge (`livesum`: processes that exited are dropped).
-- a download worker is one process (downloads run in threads), so it keeps the default
-  in-memory registry and serves it with `start_http_server` on WORKER_METRICS_PORT.
-
-Queue depth and RQ worker states are read from Redis at scrape time by `QueueCollector`
-(registered by the API), so they are right even when every worker is down.
-Names: `delineate_*`; label values are bounded (route templates, never raw paths).
+Who serves them is telemetry/exposition.py; S3 calls are timed by telemetry/s3.py's botocore
+hooks; queue depth and RQ worker states are read from Redis per scrape by
+jobs/enqueue.py:QueueCollector. Names: `delineate_*`; label values are bounded (route
+templates, never raw paths).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
+
+from service import keys
 
 # -- API -------------------------------------------------------------------------------------
 
@@ -148,7 +139,7 @@ S3_ERRORS = Counter(
 
 def _initialise() -> None:
     """Create the label sets we know, at 0: a series born at 1 loses its first increment to rate()."""
-    for queue in ("downloads-small", "downloads-large"):
+    for queue in keys.DOWNLOAD_QUEUES:
         for metric in (JOBS_ACCEPTED, JOBS_STARTED, JOB_RETRIES, QUEUE_WAIT):
             metric.labels(queue)
         for outcome in OUTCOMES:
@@ -211,7 +202,10 @@ def job_finished(
     JOBS_FINISHED.labels(queue or "unknown", outcome).inc()
     elapsed = seconds_since(created_at)
     if elapsed is not None:
-        exemplar = {"trace_id": trace_id} if trace_id and not _multiprocess() else None
+        # exemplars exist in single-process exposition only (a worker's registry)
+        exemplar = (
+            {"trace_id": trace_id} if trace_id and "PROMETHEUS_MULTIPROC_DIR" not in os.environ else None
+        )
         JOB_DURATION.labels(queue or "unknown", outcome).observe(elapsed, exemplar=exemplar)
 
 
@@ -221,144 +215,3 @@ def job_started(queue: str, enqueued_at: datetime | None) -> None:
     waited = seconds_since(enqueued_at)
     if waited is not None:
         QUEUE_WAIT.labels(queue or "unknown").observe(waited)
-
-
-# -- S3 via botocore's event system ------------------------------------------------------------
-
-_S3_STARTED = "delineate_metrics_started"
-
-
-def _before_call(model: Any, context: dict[str, Any], **_: Any) -> None:
-    context[_S3_STARTED] = time.perf_counter()
-
-
-def _after_call(http_response: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
-    started = context.pop(_S3_STARTED, None)
-    if started is not None:
-        S3_LATENCY.labels(model.name).observe(time.perf_counter() - started)
-    status = getattr(http_response, "status_code", 0)
-    if status >= 400 and not (status == 404 and model.name in ("HeadObject", "HeadBucket", "GetObject")):
-        S3_ERRORS.labels(model.name, str(status)).inc()
-
-
-def _after_call_error(exception: BaseException, context: dict[str, Any], **kwargs: Any) -> None:
-    started = context.pop(_S3_STARTED, None)
-    operation = kwargs.get("event_name", "").rsplit(".", 1)[-1] or "unknown"
-    if started is not None:
-        S3_LATENCY.labels(operation).observe(time.perf_counter() - started)
-    S3_ERRORS.labels(operation, type(exception).__name__).inc()
-
-
-def instrument_s3(client: Any) -> Any:
-    """Time every call of this boto3 S3 client and count its errors; returns the client."""
-    events = client.meta.events
-    events.register("before-call.s3", _before_call, unique_id="delineate-metrics-before")
-    events.register("after-call.s3", _after_call, unique_id="delineate-metrics-after")
-    events.register("after-call-error.s3", _after_call_error, unique_id="delineate-metrics-error")
-    return client
-
-
-# -- scrape-time collectors --------------------------------------------------------------------
-
-RQ_WORKER_STATES = ("busy", "idle", "started", "suspended")
-
-
-class QueueCollector(Collector):
-    """LLEN of each RQ queue, RQ's registered workers by state and Redis's memory against its
-    maxmemory (with `noeviction` a full Redis refuses new jobs), read from Redis per scrape.
-
-    `conn_factory` returns a synchronous redis client; errors yield no samples (a scrape must
-    not fail because Redis is down: the API's own metrics still matter then).
-    """
-
-    def __init__(self, conn_factory: Callable[[], Any], queues: Iterable[str]) -> None:
-        self.conn_factory = conn_factory
-        self.queues = tuple(queues)
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        from rq.queue import Queue
-        from rq.worker import Worker
-
-        conn = self.conn_factory()
-        try:
-            with conn.pipeline(transaction=False) as pipe:
-                for name in self.queues:
-                    pipe.llen(Queue(name, connection=conn).key)
-                pipe.info("memory")
-                *depths, memory = pipe.execute()
-            workers = Worker.all(connection=conn)
-            states = [str(getattr(w.get_state(), "value", w.get_state())) for w in workers]
-        except Exception:  # Redis unreachable: export nothing rather than fail the scrape
-            return
-        depth = GaugeMetricFamily("delineate_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
-        for name, value in zip(self.queues, depths, strict=True):
-            depth.add_metric([name], value)
-        yield depth
-        family = GaugeMetricFamily(
-            "delineate_rq_workers",
-            "Workers registered in RQ, by state (busy = running >= 1 job).",
-            labels=["state"],
-        )
-        for state in sorted({*RQ_WORKER_STATES, *states}):
-            family.add_metric([state], states.count(state))
-        yield family
-        yield GaugeMetricFamily(
-            "delineate_redis_memory_used_bytes", "Redis used_memory.", value=memory["used_memory"]
-        )
-        yield GaugeMetricFamily(
-            "delineate_redis_memory_max_bytes",
-            "Redis maxmemory (0: no limit, then the host's memory is).",
-            value=memory["maxmemory"],
-        )
-
-
-# -- exposition --------------------------------------------------------------------------------
-
-
-def _multiprocess() -> bool:
-    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
-
-
-def api_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
-    """What `GET /metrics` renders: every API process's values merged, plus `extra` collectors."""
-    registry = CollectorRegistry()
-    if _multiprocess():
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY
-
-        registry.register(_Delegate(REGISTRY))
-    for collector in extra:
-        registry.register(collector)
-    return registry
-
-
-class _Delegate(Collector):
-    """Expose another registry's metrics inside ours (single-process API)."""
-
-    def __init__(self, source: CollectorRegistry) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Any]:
-        return iter(self.source.collect())
-
-
-def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
-    """The exposition body and its content type (OpenMetrics when the scraper asks for it)."""
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
-
-
-def mark_process_dead(pid: int | None = None) -> None:
-    """Drop an exiting API process's live gauges (in-progress requests, SSE) from the merge."""
-    if _multiprocess():
-        multiprocess.mark_process_dead(pid or os.getpid())
-
-
-def start_worker_exporter(port: int, addr: str, running: Callable[[], int], slots: int) -> None:
-    """Serve this worker process's registry on `addr:port` (a daemon thread)."""
-    from prometheus_client import start_http_server
-
-    WORKER_RUNNING.set_function(lambda: float(running()))
-    WORKER_SLOTS.set(slots)
-    start_http_server(port, addr=addr)

@@ -1,24 +1,24 @@
 """Signed webhook deliveries: one RQ job per terminal event, retried with backoff and jitter.
 
-`queue()` runs inside the MULTI that makes a job terminal (tasks.finish), so every ending of
-a job with a callbackUrl is announced exactly once, even if the worker dies a moment later.
+`queue()` runs inside the MULTI that makes a job terminal (jobs/lifecycle.finish, through
+`Runtime.announce`), so every ending of a job with a callbackUrl is announced exactly once,
+even if the worker dies a moment later.
 `deliver()` is the RQ job: it signs the final status per the Standard Webhooks scheme
 (webhook-id, webhook-timestamp, webhook-signature: HMAC-SHA256 with WEBHOOK_SECRET, via the
 scheme's reference library), POSTs it, and retries network errors, timeouts, 5xx, 408 and 429
-up to WEBHOOK_MAX_ATTEMPTS. The outcome is kept in the job's `webhook` field (shown in its
-status); a delivery that gives up is kept as a dead letter that `delineate webhooks` lists
-and redelivers. The waits happen inside the job, like download retries, so they never need
-RQ's scheduler.
+up to WEBHOOK_MAX_ATTEMPTS, waiting by service/backoff.py. The outcome is kept in the job's
+`webhook` field (shown in its status, written by lifecycle.record_webhook); a delivery that
+gives up is kept as a dead letter that `delineate webhooks` lists and redelivers. The waits
+happen inside the job, like download retries, so they never need RQ's scheduler.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,53 +26,43 @@ import redis
 from rq import Queue, Retry
 from standardwebhooks import Webhook
 
-from service.jobs import context, state
+from service import backoff, keys, runtime
+from service.jobs import lifecycle, state
+from service.jobs.enqueue import RESULT_TTL_S
 from service.jobs.view import status_body
 from service.settings import Settings
 from service.telemetry import metrics, tracing
 from service.telemetry.logging import get_logger
 from service.webhooks import guard
 
-QUEUE = "webhooks"
-TASK = "service.webhooks.delivery.deliver"
-DEAD_LETTERS_KEY = state.PREFIX + "webhooks:dead"
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
 RETRYABLE_STATUSES = frozenset({408, 429})
 USER_AGENT = "Delineate-Webhooks/1"
 log = get_logger("service.webhooks")
 
-# Write the outcome only while the job's state exists: never resurrect an expired job.
-_RECORD_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'webhook', ARGV[1])
-  return 1
-end
-return 0
-"""
 
-
-def queue(
-    pipe: Any, conn: redis.Redis, settings: Settings, job_id: str, event_id: str | None = None
-) -> dict[str, Any]:
-    """Queue the delivery of `job_id`'s terminal event on `pipe` (in MULTI); returns the record."""
+def queue(pipe: Any, rt: Runtime, job_id: str, event_id: str | None = None) -> None:
+    """Stage the delivery of `job_id`'s terminal event on `pipe` (in MULTI)."""
     event_id = event_id or f"msg_{uuid.uuid4().hex}"
     record = {"state": "pending", "eventId": event_id, "attempts": 0, "lastStatus": None, "lastError": None}
-    pipe.hset(state.job_key(job_id), "webhook", json.dumps(record))
-    Queue(QUEUE, connection=conn).enqueue_call(
-        TASK,
+    lifecycle.stage_webhook(pipe, job_id, record)
+    Queue(keys.WEBHOOK_QUEUE, connection=rt.redis).enqueue_call(
+        deliver,
         args=(job_id, event_id),
-        timeout=_job_timeout_s(settings),
-        result_ttl=600,
-        failure_ttl=settings.job_ttl_s,
+        timeout=_job_timeout_s(rt.settings),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=rt.settings.job_ttl_s,
         retry=Retry(max=2),  # the worker died mid-delivery: the next run resumes the count
         pipeline=pipe,
     )
-    return record
 
 
 def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
     """RQ entry point: deliver the job's terminal event until it succeeds or attempts run out."""
-    ctx = context.current()
-    conn, settings = ctx.redis, ctx.settings
+    rt = runtime.current()
+    conn, settings = rt.redis, rt.settings
     job = state.load(conn, job_id)
     if job is None or not job.callback_url or settings.webhook_secret is None:
         return None  # expired meanwhile, or webhooks switched off since: nothing to announce
@@ -92,7 +82,7 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
     url = job.callback_url
     host = urlsplit(url).hostname or ""
     with (
-        tracing.job_span(job_id, job.traceparent, QUEUE, int(record.get("attempts", 0)) + 1),
+        tracing.job_span(job_id, job.traceparent, keys.WEBHOOK_QUEUE, int(record.get("attempts", 0)) + 1),
         httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client,
     ):
         while record["attempts"] < settings.webhook_max_attempts:
@@ -105,7 +95,7 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
             if error is None:
                 record.update(state="delivered", deliveredAt=record["lastAttemptAt"])
                 metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
-                _record(conn, job_id, record)
+                lifecycle.record_webhook(conn, job_id, record)
                 log.info("webhook_delivered", job_id=job_id, host=host, attempts=record["attempts"])
                 return record
             last = not retryable or record["attempts"] >= settings.webhook_max_attempts
@@ -114,17 +104,12 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
             if last:
                 break
             record["state"] = "retrying"
-            _record(conn, job_id, record)
-            time.sleep(backoff_s(settings, record["attempts"]))
+            lifecycle.record_webhook(conn, job_id, record)
+            time.sleep(backoff.delay_s(settings.webhook_retry_base_s, record["attempts"] - 1))
     record["state"] = "failed"
-    _record(conn, job_id, record)
-    conn.zadd(DEAD_LETTERS_KEY, {job_id: time.time()})
+    lifecycle.record_webhook(conn, job_id, record)
+    conn.zadd(keys.DEAD_LETTERS, {job_id: time.time()})
     return record
-
-
-def backoff_s(settings: Settings, attempts: int) -> float:
-    """Exponential backoff with ±25 % jitter after the `attempts`-th failure."""
-    return settings.webhook_retry_base_s * 2 ** (attempts - 1) * random.uniform(0.75, 1.25)
 
 
 def _attempt(
@@ -153,12 +138,9 @@ def _attempt(
     return status, f"HTTP {status}", status >= 500 or status in RETRYABLE_STATUSES
 
 
-def _record(conn: redis.Redis, job_id: str, record: dict[str, Any]) -> None:
-    conn.eval(_RECORD_IF_EXISTS, 1, state.job_key(job_id), json.dumps(record))
-
-
 def _job_timeout_s(settings: Settings) -> int:
-    waits = sum(settings.webhook_retry_base_s * 2**i * 1.25 for i in range(settings.webhook_max_attempts))
+    base, attempts = settings.webhook_retry_base_s, settings.webhook_max_attempts
+    waits = sum(backoff.longest_s(base, i) for i in range(attempts))
     return int(settings.webhook_max_attempts * (settings.webhook_timeout_s + 5) + waits) + 60
 
 
@@ -168,11 +150,11 @@ def _job_timeout_s(settings: Settings) -> int:
 def dead_letters(conn: redis.Redis) -> list[dict[str, Any]]:
     """Deliveries that gave up, oldest first; entries whose job expired are dropped."""
     found: list[dict[str, Any]] = []
-    for raw_id, failed_at in conn.zrange(DEAD_LETTERS_KEY, 0, -1, withscores=True):
+    for raw_id, failed_at in conn.zrange(keys.DEAD_LETTERS, 0, -1, withscores=True):
         job_id = raw_id.decode()
         job = state.load(conn, job_id)
         if job is None or not job.webhook or job.webhook.get("state") != "failed":
-            conn.zrem(DEAD_LETTERS_KEY, job_id)
+            conn.zrem(keys.DEAD_LETTERS, job_id)
             continue
         found.append(
             {
@@ -186,14 +168,14 @@ def dead_letters(conn: redis.Redis) -> list[dict[str, Any]]:
     return found
 
 
-def redeliver(conn: redis.Redis, settings: Settings, job_id: str) -> bool:
+def redeliver(rt: Runtime, job_id: str) -> bool:
     """Queue a dead letter again with the same event id (receivers de-duplicate by it)."""
-    job = state.load(conn, job_id)
+    job = state.load(rt.redis, job_id)
     if job is None or not job.webhook or job.webhook.get("state") != "failed":
         return False
-    with conn.pipeline() as pipe:
+    with rt.redis.pipeline() as pipe:
         pipe.multi()  # RQ's enqueue joins a pipeline only once it is in MULTI
-        queue(pipe, conn, settings, job_id, job.webhook["eventId"])
-        pipe.zrem(DEAD_LETTERS_KEY, job_id)
+        queue(pipe, rt, job_id, job.webhook["eventId"])
+        pipe.zrem(keys.DEAD_LETTERS, job_id)
         pipe.execute()
     return True

@@ -12,13 +12,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from service import keys
 from service.api.errors import ApiError, error_response
-from service.api.resources import resources
 from service.api.responses import JSONResponse
 from service.api.schemas import FileRequest, InitiateRequest, read_body
-from service.jobs import control, enqueue, state
-from service.jobs.tasks import pick_delay_s
+from service.jobs import cancel as cancellation
+from service.jobs import enqueue, state
+from service.jobs.download import pick_delay_s
 from service.jobs.view import status_body
+from service.runtime import Runtime
 from service.settings import Settings
 from service.storage.s3 import source_key
 from service.webhooks import guard
@@ -32,10 +34,10 @@ DEPRECATION_HEADERS = {
 
 async def check(request: Request) -> JSONResponse:
     """Is `downloads/{file_id}.zip` in the bucket? A real S3 HEAD."""
-    res = resources(request)
-    body = await read_body(request, FileRequest, res.settings.max_body_bytes)
+    rt: Runtime = request.app.state.runtime
+    body = await read_body(request, FileRequest, rt.settings.max_body_bytes)
     key = source_key(body.file_id)
-    size = await run_in_threadpool(res.storage.size_of, key)
+    size = await run_in_threadpool(rt.storage.size_of, key)
     available = size is not None
     return JSONResponse(
         {"file_id": body.file_id, "available": available, "s3Key": key if available else None, "size": size}
@@ -48,17 +50,17 @@ async def start(request: Request) -> Response:
     Behind a proxy this is exactly what times out; it is cut at REQUEST_TIMEOUT_MS with a JSON
     504 so the client hears it from us rather than from the proxy.
     """
-    res = resources(request)
-    body = await read_body(request, FileRequest, res.settings.max_body_bytes)
+    rt: Runtime = request.app.state.runtime
+    body = await read_body(request, FileRequest, rt.settings.max_body_bytes)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(res.settings.request_timeout_ms / 1000):
-            await asyncio.sleep(pick_delay_s(res.settings))
+        async with asyncio.timeout(rt.settings.request_timeout_ms / 1000):
+            await asyncio.sleep(pick_delay_s(rt.settings))
             key = source_key(body.file_id)
-            size = await run_in_threadpool(res.storage.size_of, key)
+            size = await run_in_threadpool(rt.storage.size_of, key)
     except TimeoutError:
         message = (
-            f"Processing took longer than REQUEST_TIMEOUT_MS ({res.settings.request_timeout_ms} ms); "
+            f"Processing took longer than REQUEST_TIMEOUT_MS ({rt.settings.request_timeout_ms} ms); "
             f"use {SUCCESSOR} for long downloads"
         )
         return error_response(request, 504, message, DEPRECATION_HEADERS)
@@ -74,7 +76,7 @@ async def start(request: Request) -> Response:
             "message": f"File not found after {seconds} seconds of processing",
         }
     else:
-        url = res.storage.presign(key, f"{body.file_id}.zip")
+        url = rt.storage.presign(key, f"{body.file_id}.zip")
         payload = {
             "file_id": body.file_id,
             "status": "completed",
@@ -88,25 +90,20 @@ async def start(request: Request) -> Response:
 
 async def initiate(request: Request) -> JSONResponse:
     """Accept a job and answer at once (202); the job is on its queue before we answer."""
-    res = resources(request)
-    body = await read_body(request, InitiateRequest, res.settings.max_body_bytes)
+    rt: Runtime = request.app.state.runtime
+    body = await read_body(request, InitiateRequest, rt.settings.max_body_bytes)
     if body.callbackUrl is not None:
-        await _check_callback(res.settings, body.callbackUrl)
-    job = state.JobRecord(
-        id=str(uuid.uuid4()),
-        status=state.QUEUED,
-        file_ids=body.file_ids,
-        created_at=state.now_iso(),
-        client=(request.client.host if request.client else ""),
-        queue=enqueue.queue_name(res.settings, len(body.file_ids)),
-        callback_url=body.callbackUrl,
-    )
-    claim = enqueue.Claim.make(
-        res.settings, job.client, body.model_dump(exclude_none=True), _idempotency_key(request)
-    )
-    retry_later = {"Retry-After": str(max(res.settings.poll_interval_s, 5))}
+        await _check_callback(rt.settings, body.callbackUrl)
+    retry_later = {"Retry-After": str(max(rt.settings.poll_interval_s, 5))}
     try:
-        earlier = await enqueue.enqueue(res.redis, res.sync_redis, res.settings, job, claim)
+        job = await enqueue.submit(
+            rt,
+            body.file_ids,
+            client=request.client.host if request.client else "",
+            body=body.model_dump(exclude_none=True),
+            idempotency_key=_idempotency_key(request),
+            callback_url=body.callbackUrl,
+        )
     except enqueue.QueueFull:
         raise ApiError(503, "Too many jobs are waiting; retry later", retry_later) from None
     except enqueue.TooManyActive as exc:
@@ -114,23 +111,21 @@ async def initiate(request: Request) -> JSONResponse:
         raise ApiError(429, message, retry_later) from None
     except enqueue.IdempotencyConflict:
         raise ApiError(422, "This Idempotency-Key was used with a different request body") from None
-    extra: dict[str, str] = {}
-    if earlier:
-        job.id, extra = earlier, {"Idempotent-Replayed": "true"}
-        current = await res.redis.hget(state.job_key(earlier), "status")
-        job.status = current or job.status
-    status_url = f"/v1/download/status/{job.id}"
+    status_url = f"/v1/download/status/{job.job_id}"
+    headers = {"Location": status_url, "Retry-After": poll_after(rt.settings)}
+    if job.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
-            "jobId": job.id,
+            "jobId": job.job_id,
             "status": job.status,
             "totalFileIds": job.total,
             "statusUrl": status_url,
-            "streamUrl": f"/v1/download/stream/{job.id}",
-            "fileUrl": f"/v1/download/{job.id}/file",
+            "streamUrl": f"/v1/download/stream/{job.job_id}",
+            "fileUrl": f"/v1/download/{job.job_id}/file",
         },
         202,
-        headers={"Location": status_url, "Retry-After": poll_after(res.settings), **extra},
+        headers=headers,
     )
 
 
@@ -146,8 +141,8 @@ async def _check_callback(settings: Settings, url: str) -> None:
 
 def poll_after(settings: Settings) -> str:
     """Retry-After for pollers: POLL_INTERVAL_S ± 1 s, so a thousand clients that all honour
-    it drift apart instead of arriving in the same second (loadtest/capacity.py measured the
-    lock-step bursts: 1,000 polls in one second, then 50)."""
+    it drift apart instead of arriving in the same second (loadtest/capacity.py saw the
+    lock-step bursts a fixed interval makes)."""
     interval = settings.poll_interval_s
     return str(random.randint(max(1, interval - 1), interval + 1))
 
@@ -168,18 +163,18 @@ async def load_job(request: Request) -> state.JobRecord:
         job_id = str(uuid.UUID(raw))
     except ValueError:
         raise ApiError(404, f"No job {raw!r}") from None
-    res = resources(request)
-    job = state.JobRecord.from_redis(await res.batched.submit("HGETALL", state.job_key(job_id)))
+    rt: Runtime = request.app.state.runtime
+    job = state.JobRecord.from_redis(await rt.batched.submit("HGETALL", keys.job(job_id)))
     if job is not None:
         return job
-    if await res.redis.zscore(state.INDEX_KEY, job_id) is not None:
+    if await rt.aredis.zscore(keys.JOB_INDEX, job_id) is not None:
         raise ApiError(410, f"Job {job_id} has expired; its results are no longer kept")
     raise ApiError(404, f"No job {job_id}")
 
 
 async def status(request: Request) -> JSONResponse:
     job = await load_job(request)
-    headers = {} if job.finished else {"Retry-After": poll_after(resources(request).settings)}
+    headers = {} if job.finished else {"Retry-After": poll_after(request.app.state.runtime.settings)}
     return JSONResponse(status_body(job), headers=headers)
 
 
@@ -188,18 +183,18 @@ async def file(request: Request) -> Response:
     job = await load_job(request)
     if job.status != state.COMPLETED or not job.result_key:
         raise ApiError(409, f"Job {job.id} is {job.status}; the file exists once it is completed")
-    res = resources(request)
+    rt: Runtime = request.app.state.runtime
     name = "download.zip" if job.result_key.startswith("results/") else job.result_key.rsplit("/", 1)[-1]
-    url = res.storage.presign(job.result_key, name)
+    url = rt.storage.presign(job.result_key, name)
     return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
 
 
 async def cancel(request: Request) -> JSONResponse:
     """DELETE /v1/download/{job_id} (or POST .../cancel): stop a queued or running job."""
     job = await load_job(request)
-    res = resources(request)
+    rt: Runtime = request.app.state.runtime
     try:
-        await run_in_threadpool(control.cancel, res.sync_redis, res.settings, job.id)
-    except control.AlreadyFinished:
+        await run_in_threadpool(cancellation.request, rt, job.id)
+    except cancellation.AlreadyFinished:
         raise ApiError(409, f"Job {job.id} has already finished; nothing to cancel") from None
     return JSONResponse(status_body(await load_job(request)))

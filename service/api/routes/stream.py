@@ -20,12 +20,13 @@ from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import keys
 from service.api.events import Entry, EventHub, stream_id
-from service.api.resources import resources
 from service.api.routes.downloads import load_job
 from service.api.sse import Chunk, EventStream
 from service.jobs import state
 from service.jobs.view import status_body
+from service.runtime import Runtime
 from service.telemetry import metrics
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -102,14 +103,14 @@ def _opening(
 
 async def stream(request: Request) -> Response:
     job = await load_job(request)
-    res = resources(request)
+    rt: Runtime = request.app.state.runtime
     hub: EventHub = request.app.state.hub
     last_event_id = request.headers.get("last-event-id") or None
     subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
     try:
-        key = state.events_key(job.id)
-        async with res.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(state.job_key(job.id))
+        key = keys.events(job.id)
+        async with rt.aredis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.job(job.id))
             if last_event_id:
                 pipe.xrange(key, min=f"({last_event_id}")
             else:
@@ -124,8 +125,8 @@ async def stream(request: Request) -> Response:
         hub.unsubscribe(subscription)
         return Response(status_code=204)  # nothing left to send: EventSource stops reconnecting
 
-    settings = res.settings
-    job_id = job.id  # the stream keeps only what it still needs, not the job records (~1 KiB)
+    settings = rt.settings
+    job_id = job.id  # the stream keeps only what it still needs, not the job records
     opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
 
     async def chunks() -> AsyncIterator[Chunk]:

@@ -8,8 +8,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.api.resources import resources
 from service.api.responses import JSONResponse
+from service.runtime import Runtime
 
 
 async def root(request: Request) -> JSONResponse:
@@ -22,18 +22,18 @@ async def root(request: Request) -> JSONResponse:
 
 
 async def _checks(request: Request) -> dict[str, str]:
-    res = resources(request)
+    rt: Runtime = request.app.state.runtime
 
     async def storage() -> str:
         try:
-            await run_in_threadpool(res.storage.check)
+            await run_in_threadpool(rt.storage.check)
             return "ok"
         except Exception:
             return "error"
 
     async def redis() -> str:
         try:
-            await res.redis.ping()
+            await rt.aredis.ping()
             return "ok"
         except Exception:
             return "error"

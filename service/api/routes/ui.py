@@ -12,7 +12,6 @@ from importlib import resources as package_files
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from service.api.resources import resources
 from service.api.responses import JSONResponse
 
 PAGE = package_files.files("service.api") / "static" / "ui.html"
@@ -44,7 +43,7 @@ async def page(request: Request) -> HTMLResponse:
 
 async def config(request: Request) -> JSONResponse:
     """What the page needs from the settings: the Jaeger UI to link trace ids to, if any."""
-    settings = resources(request).settings
+    settings = request.app.state.runtime.settings
     jaeger = getattr(settings, "jaeger_ui_url", None)  # JAEGER_UI_URL; unset = no trace links
     return JSONResponse(
         {

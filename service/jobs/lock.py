@@ -1,5 +1,8 @@
 """One job, one running execution: the per-job lock, leased by RQ's own execution heartbeats.
 
+The lease is the rule every part that judges a worker alive or dead uses (the worker's
+heartbeat TTL, the wait below, the reaper's margins): `lease_s`.
+
 Two executions of one job can overlap: RQ's abandoned-job handling or our reaper requeues a
 job whose worker only looked dead (a long pause, a partition), or a worker is killed and its
 job retried while its execution record has not expired yet. Each execution RQ starts has a
@@ -20,11 +23,20 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 
 POLL_S = 0.5
+LEASE_BEATS = 3  # missed heartbeats before an execution counts as abandoned
 
 
-def wait_for_turn(conn: redis.Redis, job: Job, wait_s: float, stop: threading.Event) -> bool:
-    """True once this execution holds the job (no older live execution); False to stand down."""
-    deadline = time.monotonic() + wait_s
+def lease_s(heartbeat_s: float) -> float:
+    """How long an execution's record outlives its worker's last heartbeat (WORKER_HEARTBEAT_S)."""
+    return LEASE_BEATS * heartbeat_s
+
+
+def wait_for_turn(conn: redis.Redis, job: Job, heartbeat_s: float, stop: threading.Event) -> bool:
+    """True once this execution holds the job (no older live execution); False to stand down.
+
+    Waits one lease (and a little): long enough for a dead worker's execution to expire.
+    """
+    deadline = time.monotonic() + lease_s(heartbeat_s) + 2
     while _older_live_executions(conn, job):
         if time.monotonic() >= deadline or stop.wait(POLL_S):
             return False

@@ -1,0 +1,155 @@
+"""The download job: what a worker does with a job between `queued` and its end.
+
+For each file: wait its share of the simulated delay (cancellable), HEAD the source object,
+record progress. Then publish the result: the object itself for one file, a zip streamed to
+S3 for several, and end the job through lifecycle.finish. A retried run resumes after the files
+already recorded. `run` is the RQ job function (jobs/enqueue.py queues it by reference);
+`on_failure` is RQ's failure callback for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+import structlog
+from rq import get_current_job
+from rq.job import Job
+
+from service import backoff, runtime
+from service.jobs import cancel, lifecycle, lock, state
+from service.settings import Settings
+from service.storage.s3 import bundle_key, source_key
+from service.telemetry import metrics, tracing
+from service.telemetry.logging import get_logger
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
+log = get_logger("service.jobs")
+
+
+def pick_delay_s(settings: Settings) -> float:
+    """The whole job's simulated processing time, drawn as the original service drew it."""
+    if not settings.download_delay_enabled:
+        return 0.0
+    return random.randint(settings.download_delay_min_ms, settings.download_delay_max_ms) / 1000
+
+
+def retry_backoff_s(settings: Settings, attempt: int) -> float:
+    """The wait before attempt 2, 3, ... (backoff.delay_s from JOB_RETRY_BASE_S).
+
+    RQ requeues a failed (or abandoned) job at once; the wait happens here, in the job's
+    thread and cancellable, so retries never depend on RQ's scheduler process being alive.
+    """
+    return 0.0 if attempt <= 1 else backoff.delay_s(settings.job_retry_base_s, attempt - 2)
+
+
+def run(job_id: str) -> dict[str, Any] | None:
+    """RQ entry point: the job, observed.
+
+    Log lines carry job_id; the job's span continues the trace of the initiate request; the
+    attempt is counted with its queue wait (lifecycle.finish counts the ending).
+    """
+    rt = runtime.current()
+    job = state.load(rt.redis, job_id)
+    if job is None or job.finished:
+        return None
+    rq_job = get_current_job()
+    # the per-job lock: a newer execution waits out an older one whose worker may be dead
+    if rq_job and not lock.wait_for_turn(
+        rt.redis, rq_job, rt.settings.worker_heartbeat_s, cancel.event_for(job_id)
+    ):
+        log.warning("duplicate_execution_stood_down", job_id=job_id)
+        return None
+    attempt = 1 + rt.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
+    with (
+        structlog.contextvars.bound_contextvars(job_id=job_id),
+        tracing.job_span(job_id, job.traceparent, job.queue, attempt),
+    ):
+        metrics.job_started(job.queue, rq_job.enqueued_at if rq_job else None)
+        log.info("job_started", queue=job.queue, attempt=attempt, files=job.total)
+        result = _run(rt, job, attempt)
+        log.info(
+            "job_stopped", status=result["status"] if result else "stopped", error=(result or {}).get("error")
+        )
+        return result
+
+
+def _run(rt: Runtime, job: state.JobRecord, attempt: int) -> dict[str, Any] | None:
+    job_id, ttl = job.id, rt.settings.job_ttl_s
+    cancelled = cancel.event_for(job_id)
+    if cancelled.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
+        return None
+    try:
+        lifecycle.start(rt, job, attempt)
+        per_file = pick_delay_s(rt.settings) / max(len(job.file_ids), 1)
+        results = list(job.files[: job.done])
+        last_progress = None
+        for file_id in job.file_ids[job.done :]:
+            if cancelled.wait(per_file):
+                return None
+            size = rt.storage.size_of(source_key(file_id))
+            result = {"file_id": file_id, "available": size is not None, "size": size}
+            results.append(result)
+            done = len(results)
+
+            def progress(pipe: Any, r: dict[str, Any] = result, d: int = done) -> None:
+                state.queue_file_done(pipe, job_id, ttl, r, d, job.total)
+
+            if done < job.total:
+                lifecycle.advance(rt.redis, job_id, progress)
+            else:
+                last_progress = progress  # _publish writes it, with the result when it can
+        return _publish(rt, job_id, results, last_progress)
+    except lifecycle.JobGone:
+        return None
+
+
+def _publish(
+    rt: Runtime,
+    job_id: str,
+    results: list[dict[str, Any]],
+    last_progress: Callable[[Any], None] | None,
+) -> dict[str, Any]:
+    """Write the result and end the job. The last file's progress goes in the same MULTI as the
+    end (one write to SSE subscribers), unless a zip is written in between: then it goes first,
+    so clients see every file done while the zip is written."""
+    found = [r for r in results if r["available"]]
+    if not found:
+        error = f"none of the {len(results)} requested files exist"
+        fields: dict[str, Any] = {"status": state.FAILED, "error": error}
+    elif len(found) == 1:
+        fields = {"status": state.COMPLETED, "result_key": source_key(found[0]["file_id"])}
+        fields["result_size"] = found[0]["size"]
+    else:
+        if last_progress is not None:
+            lifecycle.advance(rt.redis, job_id, last_progress)
+            last_progress = None
+        key = bundle_key(job_id)
+        members = [(f"{r['file_id']}.zip", source_key(r["file_id"])) for r in found]
+        fields = {
+            "status": state.COMPLETED,
+            "result_key": key,
+            "result_size": rt.storage.write_zip(key, members),
+        }
+    fields["finished_at"] = state.now_iso()
+    lifecycle.finish(rt, job_id, also=last_progress, **fields)
+    return fields
+
+
+def on_failure(job: Job, connection: redis.Redis, exc_type: type, exc: BaseException, tb: Any) -> None:
+    """RQ failure callback: `retrying` while RQ will run the job again, else `failed`.
+
+    RQ calls it before it decides, so `retries_left > 0` means a retry follows.
+    """
+    rt = runtime.current()
+    reason = f"{exc_type.__name__}: {exc}"[:500]
+    with contextlib.suppress(lifecycle.JobGone):
+        if job.retries_left and job.retries_left > 0:
+            lifecycle.retrying(rt, job.id, job.origin, reason)
+        else:
+            lifecycle.finish(rt, job.id, status=state.FAILED, error=reason)
