@@ -13,13 +13,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from service.proxy import cli as proxy_cli
 from service.settings import Settings, SettingsError, load_settings
 from service.telemetry.logging import configure, get_logger
 
-DEV_DELAY_DEFAULTS = {"DOWNLOAD_DELAY_MIN_MS": "5000", "DOWNLOAD_DELAY_MAX_MS": "15000"}
+# Downloads of 5-15 s as in the original's dev mode, and a drain that outlasts them (Ctrl+C).
+DEV_DEFAULTS = {"DOWNLOAD_DELAY_MIN_MS": "5000", "DOWNLOAD_DELAY_MAX_MS": "15000", "WORKER_DRAIN_S": "20"}
 
 
 def _settings() -> Settings:
@@ -109,7 +111,7 @@ def run_dev(settings: Settings) -> int:
 
     log = get_logger("delineate.dev")
     env = dict(os.environ)
-    for name, value in DEV_DELAY_DEFAULTS.items():
+    for name, value in DEV_DEFAULTS.items():
         env.setdefault(name, value)
     home = Path(tempfile.mkdtemp(prefix="delineate-dev-"))
     servers: list[harness.Server] = []
@@ -172,9 +174,10 @@ def run_dev(settings: Settings) -> int:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + int(env["WORKER_DRAIN_S"]) + 5  # the worker drains first
         for child in children:
             try:
-                child.wait(15)
+                child.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
         for server in reversed(servers):

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(32, ge=1, le=2_048)
     worker_heartbeat_s: int = Field(10, ge=1)
     worker_maintenance_s: int = Field(30, ge=1)
+    # SIGTERM: running downloads may finish for this long, then are handed back to their queue
+    worker_drain_s: int = Field(180, ge=0)
     job_timeout_s: int = Field(900, ge=1)
     job_max_retries: int = Field(3, ge=0, le=20)
     job_retry_base_s: float = Field(2.0, ge=0)

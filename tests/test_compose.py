@@ -358,6 +358,14 @@ def test_redis_keeps_jobs_durable():
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"]), "AOF on a throwaway layer"
 
 
+def test_docker_waits_out_the_worker_s_drain_before_its_sigkill():
+    worker = services()["worker"]
+    drain = int(worker["environment"]["WORKER_DRAIN_S"])
+    assert drain == Settings.model_fields["worker_drain_s"].default, "compose drains as the default does"
+    grace = worker["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) >= drain + 5, (grace, drain)
+
+
 def test_workers_can_be_scaled():
     worker = services()["worker"]
     assert "container_name" not in worker and "ports" not in worker, "--scale worker=N needs neither"

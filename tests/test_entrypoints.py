@@ -100,6 +100,7 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
     # Ctrl+C stops the whole group: API, worker, embedded Redis and SeaweedFS
     harness.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
     assert harness._is_free(port)
+    assert "Traceback" not in log.read_text(), "Ctrl+C stops the stack without a traceback"
     hook.server.shutdown()
 
 

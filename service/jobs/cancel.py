@@ -5,8 +5,9 @@ lifecycle.finish, so a worker finishing at that moment cannot overwrite it. Then
 queued job is taken off its queue (it never starts); a running one gets RQ's stop-execution
 command, which the worker running it turns into `signal(job_id)`.
 
-The signal is a per-job `threading.Event` in the worker process: the download waits on it
-instead of sleeping, so it stops within one wait, well under a second.
+The signal is a per-job event in the worker process (`Stop`): the download waits on it instead
+of sleeping, so it stops within one wait, well under a second. A worker shutting down uses the
+same signal to hand its unfinished downloads back (`hand_back_all`).
 """
 
 from __future__ import annotations
@@ -51,32 +52,50 @@ def request(rt: Runtime, job_id: str) -> None:
 
 # -- in-process signals (worker side) ----------------------------------------------------------
 
-_events: dict[str, threading.Event] = {}
+
+class Stop(threading.Event):
+    """Set when the running download must stop: a client's cancel, or `hand_back` (the worker is
+    shutting down and the job goes back to its queue, see DownloadWorker.teardown)."""
+
+    hand_back = False
+
+
+_stops: dict[str, Stop] = {}
 _lock = threading.Lock()
 
 
-def track(job_id: str) -> threading.Event:
+def track(job_id: str) -> Stop:
     """The worker starts running `job_id` here: create its signal."""
     with _lock:
-        return _events.setdefault(job_id, threading.Event())
+        return _stops.setdefault(job_id, Stop())
 
 
 def forget(job_id: str) -> None:
     with _lock:
-        _events.pop(job_id, None)
+        _stops.pop(job_id, None)
 
 
 def signal(job_id: str) -> bool:
     """Stop the download running `job_id` in this process; False when none runs here."""
     with _lock:
-        event = _events.get(job_id)
-    if event is None:
+        stop = _stops.get(job_id)
+    if stop is None:
         return False
-    event.set()
+    stop.set()
     return True
 
 
-def event_for(job_id: str) -> threading.Event:
+def hand_back_all() -> int:
+    """Stop every download running in this process so each goes back to its queue; how many."""
+    with _lock:
+        stops = list(_stops.values())
+    for stop in stops:
+        stop.hand_back = True
+        stop.set()
+    return len(stops)
+
+
+def stop_for(job_id: str) -> Stop:
     """The job's signal, or a fresh one (never set) when the job runs outside a worker."""
     with _lock:
-        return _events.get(job_id) or threading.Event()
+        return _stops.get(job_id) or Stop()

@@ -5,6 +5,10 @@ record progress. Then publish the result: the object itself for one file, a zip 
 S3 for several, and end the job through lifecycle.finish. A retried run resumes after the files
 already recorded. `run` is the RQ job function (jobs/enqueue.py queues it by reference);
 `on_failure` is RQ's failure callback for it.
+
+A download stopped because its worker is shutting down (cancel.hand_back_all) goes back to the
+front of its queue by returning RQ's `Retry`: RQ requeues it without touching the retries an
+exception would spend, so the next worker runs the same attempt, resuming after its files.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
-from rq import get_current_job
+from rq import Retry, get_current_job
 from rq.job import Job
 
 from service import backoff, runtime
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 log = get_logger("service.jobs")
+HAND_BACKS_MAX = 100  # a job handed back this often fails (RQ's Retry.max): no endless loop
 
 
 def pick_delay_s(settings: Settings) -> float:
@@ -48,7 +53,7 @@ def retry_backoff_s(settings: Settings, attempt: int) -> float:
     return 0.0 if attempt <= 1 else backoff.delay_s(settings.job_retry_base_s, attempt - 2)
 
 
-def run(job_id: str) -> dict[str, Any] | None:
+def run(job_id: str) -> dict[str, Any] | Retry | None:
     """RQ entry point: the job, observed.
 
     Log lines carry job_id; the job's span continues the trace of the initiate request; the
@@ -59,10 +64,11 @@ def run(job_id: str) -> dict[str, Any] | None:
     if job is None or job.finished:
         return None
     rq_job = get_current_job()
+    stop = cancel.stop_for(job_id)
     # the per-job lock: a newer execution waits out an older one whose worker may be dead
-    if rq_job and not lock.wait_for_turn(
-        rt.redis, rq_job, rt.settings.worker_heartbeat_s, cancel.event_for(job_id)
-    ):
+    if rq_job and not lock.wait_for_turn(rt.redis, rq_job, rt.settings.worker_heartbeat_s, stop):
+        if stop.hand_back:
+            return _hand_back(rt, job_id)
         log.warning("duplicate_execution_stood_down", job_id=job_id)
         return None
     attempt = 1 + rt.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
@@ -72,26 +78,26 @@ def run(job_id: str) -> dict[str, Any] | None:
     ):
         metrics.job_started(job.queue, rq_job.enqueued_at if rq_job else None)
         log.info("job_started", queue=job.queue, attempt=attempt, files=job.total)
-        result = _run(rt, job, attempt)
+        result = _run(rt, job, attempt, stop)
+        outcome = result["status"] if isinstance(result, dict) else "handed_back" if result else "stopped"
         log.info(
-            "job_stopped", status=result["status"] if result else "stopped", error=(result or {}).get("error")
+            "job_stopped", status=outcome, error=result.get("error") if isinstance(result, dict) else None
         )
         return result
 
 
-def _run(rt: Runtime, job: state.JobRecord, attempt: int) -> dict[str, Any] | None:
+def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> dict[str, Any] | Retry | None:
     job_id, ttl = job.id, rt.settings.job_ttl_s
-    cancelled = cancel.event_for(job_id)
-    if cancelled.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
-        return None
+    if stop.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
+        return _hand_back(rt, job_id) if stop.hand_back else None
     try:
         lifecycle.start(rt, job, attempt)
         per_file = pick_delay_s(rt.settings) / max(len(job.file_ids), 1)
         results = list(job.files[: job.done])
         last_progress = None
         for file_id in job.file_ids[job.done :]:
-            if cancelled.wait(per_file):
-                return None
+            if stop.wait(per_file):
+                return _hand_back(rt, job_id) if stop.hand_back else None
             size = rt.storage.size_of(source_key(file_id))
             result = {"file_id": file_id, "available": size is not None, "size": size}
             results.append(result)
@@ -107,6 +113,15 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int) -> dict[str, Any] | No
         return _publish(rt, job_id, results, last_progress)
     except lifecycle.JobGone:
         return None
+
+
+def _hand_back(rt: Runtime, job_id: str) -> Retry | None:
+    """Back to the front of its queue, its progress kept, no retry spent (None: it ended)."""
+    try:
+        lifecycle.hand_back(rt, job_id)
+    except lifecycle.JobGone:
+        return None
+    return Retry(max=HAND_BACKS_MAX, enqueue_at_front=True)
 
 
 def _publish(

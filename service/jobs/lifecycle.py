@@ -1,6 +1,7 @@
 """Every change of a job's state after it was queued, and what must happen exactly once with it.
 
     queued -> processing -> (retrying -> processing)* -> completed | failed | cancelled
+    (processing | retrying) -> queued: handed back by a worker shutting down (`hand_back`)
 
 The download (jobs/download.py), a cancel (jobs/cancel.py), RQ's failure callback, the reaper
 (jobs/reaper.py) and webhook bookkeeping (webhooks/delivery.py) all change state through this
@@ -47,6 +48,15 @@ def start(rt: Runtime, job: state.JobRecord, attempt: int) -> None:
     started_at = job.started_at or state.now_iso()
     fields = {"status": state.PROCESSING, "attempt": attempt, "started_at": started_at, "error": None}
     advance(rt.redis, job.id, lambda p: state.queue_update(p, job.id, rt.settings.job_ttl_s, **fields))
+
+
+def hand_back(rt: Runtime, job_id: str) -> None:
+    """`queued` again: the worker running it is shutting down and RQ requeues it at the front
+    (download.run returns RQ's Retry); its files done and its attempt number are kept, and its
+    SSE followers see a `queued` event."""
+    advance(
+        rt.redis, job_id, lambda p: state.queue_update(p, job_id, rt.settings.job_ttl_s, status=state.QUEUED)
+    )
 
 
 def retrying(rt: Runtime, job_id: str, queue: str, error: str) -> None:

@@ -16,8 +16,10 @@ keeps RQ's model (RQ 3 already tracks several executions per worker) and runs ea
   recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start);
 - a Redis outage does not end the process (RQ's loop would quit on an error outside its
   dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back;
-- SIGTERM (or Ctrl+C) stops dequeuing at once, lets the running downloads finish, and exits 0;
-  a second one is RQ's cold shutdown.
+- SIGTERM (or Ctrl+C) stops dequeuing at once and lets the running downloads finish for up to
+  WORKER_DRAIN_S; whatever still runs then is handed back to the front of its queue without
+  spending a retry (download.run returns RQ's Retry), and the worker exits 0. A second signal
+  hands back at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import redis
 from rq.exceptions import StopRequested
@@ -35,6 +38,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from service.jobs import cancel, lock, reaper
@@ -62,6 +66,7 @@ class DownloadWorker(BaseWorker):
         self._beater: threading.Thread | None = None
         self._last_reap = -math.inf
         self._dequeuing = False
+        self._hurry = threading.Event()  # a second stop signal: hand back without draining
 
     @property
     def running_count(self) -> int:
@@ -114,9 +119,21 @@ class DownloadWorker(BaseWorker):
         `teardown` waits for the running downloads.
         """
         self._stop_requested = True
-        self.set_shutdown_requested_date()
+        with self._riding_out("shutdown date"):
+            self.set_shutdown_requested_date()
         if self._dequeuing:
             raise StopRequested
+
+    def request_force_stop(self, signum: int, frame: object) -> None:
+        """A second SIGTERM/SIGINT (RQ's cold shutdown): hand the running downloads back now.
+
+        One within a second of the first is the same stop seen twice (Ctrl+C reaches the whole
+        process group, and `delineate dev` forwards it too): ignored, as RQ does.
+        """
+        if self._shutdown_requested_date and now() - self._shutdown_requested_date < timedelta(seconds=1):
+            return
+        self.log.warning("second stop signal: handing the running downloads back now")
+        self._hurry.set()
 
     @property
     def dequeue_timeout(self) -> int:
@@ -172,7 +189,13 @@ class DownloadWorker(BaseWorker):
         cancel.signal(running[0].id)
 
     def teardown(self) -> None:
-        """Warm shutdown: let running downloads finish (a second SIGTERM is a cold one)."""
+        """The drain: running downloads may finish for WORKER_DRAIN_S (or until a second stop
+        signal); the rest are handed back to their queues, each within one wait."""
+        deadline = time.monotonic() + self.settings.worker_drain_s
+        while self._running and time.monotonic() < deadline and not self._hurry.wait(0.1):
+            pass
+        if self._running:
+            self.log.warning("handing %d running downloads back to their queues", cancel.hand_back_all())
         self._pool.shutdown(wait=True)
         self._stop_beating.set()
         super().teardown()
