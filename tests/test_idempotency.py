@@ -37,6 +37,27 @@ def test_same_key_same_body_returns_the_original_job_and_other_body_is_422(make_
         assert after.json()["jobId"] == first.json()["jobId"] and after.json()["status"] == "completed"
 
 
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_a_repeat_after_a_failed_or_cancelled_job_starts_a_new_one(make_stack, ending):
+    """A client retrying after an outage wants a new attempt, not the old failure for a day."""
+    stack = make_stack(DOWNLOAD_DELAY_MIN_MS="2000", DOWNLOAD_DELAY_MAX_MS="2000")
+    body = {"file_ids": [12345]} if ending == "failed" else {"file_ids": [70000]}  # 12345 does not exist
+    headers = {"Idempotency-Key": f"retry-after-{ending}"}
+    with stack.client() as client:
+        first = client.post("/v1/download/initiate", json=body, headers=headers).json()["jobId"]
+        if ending == "cancelled":
+            assert client.delete(f"/v1/download/{first}").status_code == 200
+        assert wait_for(client, first)["status"] == ending
+        again = client.post("/v1/download/initiate", json=body, headers=headers)
+        assert again.status_code == 202 and "idempotent-replayed" not in again.headers
+        second = again.json()["jobId"]
+        assert second != first and again.json()["status"] == "queued"
+        replay = client.post("/v1/download/initiate", json=body, headers=headers)
+        assert replay.json()["jobId"] == second, "the key names the new job from then on"
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert client.get(f"/v1/download/status/{first}").json()["status"] == ending, "kept as it was"
+
+
 def test_keys_are_scoped_per_client(make_stack):
     stack = make_stack(TRUSTED_PROXIES="127.0.0.1/32")
     with stack.client() as client:

@@ -14,6 +14,19 @@ from service.api.schemas import FileRequest, InitiateRequest
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+JOB_STATUSES = {"enum": ["queued", "processing", "retrying", "completed", "failed", "cancelled"]}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": (
+        "Printable ASCII. A repeat with the same key (and body) within IDEMPOTENCY_TTL_S returns "
+        "the first request's job with `Idempotent-Replayed: true`, unless that job failed or was "
+        "cancelled: then a new job starts, and the key names the new one from then on. The same "
+        "key with another body is a 422."
+    ),
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -43,7 +56,7 @@ HEALTH = _obj(
 )
 STATUS = _obj(
     jobId=STR,
-    status={"enum": ["queued", "processing", "retrying", "completed", "failed", "cancelled"]},
+    status=JOB_STATUSES,
     attempt=INT,
     progress=_obj(done=INT, total=INT, percent={"type": "number"}),
     files={"type": "array", "items": _obj(file_id=INT, available=BOOL, size=NULL_INT)},
@@ -121,12 +134,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/download/initiate": {
         "post": {
             "summary": "Start a download job; answers at once with its id (202)",
+            "parameters": [IDEMPOTENCY_KEY],
             "requestBody": _body(InitiateRequest),
             "responses": {
                 "202": _json(
                     _obj(
                         jobId=STR,
-                        status={"const": "queued"},
+                        status=JOB_STATUSES,  # a replay answers the earlier job's status
                         totalFileIds=INT,
                         statusUrl=STR,
                         streamUrl=STR,

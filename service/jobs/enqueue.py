@@ -67,7 +67,8 @@ class Claim:
 
     With an Idempotency-Key header: that key, per client, for IDEMPOTENCY_TTL_S. Without one:
     the body's fingerprint, per client, for DEDUPE_WINDOW_S, so a retry storm after a dropped
-    connection does not multiply work.
+    connection does not multiply work. A repeat whose job failed or was cancelled starts a new
+    job, which the key names from then on.
     """
 
     key: str
@@ -162,7 +163,10 @@ async def _enqueue_once(
                 earlier = json.loads(existing)
                 if earlier["fingerprint"] != claim.fingerprint:
                     raise IdempotencyConflict(claim.key)
-                return str(earlier["jobId"])
+                if await _replayable(pipe, str(earlier["jobId"])):
+                    return str(earlier["jobId"])
+                # it failed, was cancelled or expired: this request starts a new job, and the
+                # claim (rewritten in the MULTI below) names the new one from now on
         limit = settings.per_client_max_active_jobs
         if limit and job.client:
             active_key = keys.client_active(job.client)
@@ -179,6 +183,15 @@ async def _enqueue_once(
     metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     _DEPTH.added(aconn)
     return None
+
+
+async def _replayable(pipe: Any, job_id: str) -> bool:
+    """Whether a repeat should get this earlier job back: not when it failed or was cancelled
+    (a client retrying after an outage wants a new attempt, not the old failure for a day) or
+    is gone. Read under WATCH, so a job ending meanwhile makes the caller try again."""
+    await pipe.watch(keys.job(job_id))
+    status = await pipe.hget(keys.job(job_id), "status")
+    return status is not None and status not in (state.FAILED, state.CANCELLED)
 
 
 def _writes(
