@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.proxy import cli as proxy_cli
@@ -32,22 +34,73 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def _metrics_dir(settings: Settings) -> str:
+OWNER_FILE = "owner.pid"
+
+
+@contextlib.contextmanager
+def _own_tempdir(prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory for this process, removed when it ends. Directories of the
+    same prefix whose owner died without removing them (SIGKILL, a crash) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((old / OWNER_FILE).read_text())
+            if not _alive(pid):
+                shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / OWNER_FILE).write_text(str(os.getpid()))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _metrics_dir(settings: Settings) -> Iterator[str]:
     """PROMETHEUS_MULTIPROC_DIR for the API's processes, emptied: counters restart with the API.
+    Unless PROMETHEUS_MULTIPROC_DIR names one, a temporary directory removed on exit.
 
     Set before prometheus_client is imported anywhere (it picks its value store at import).
     """
-    path = Path(settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="delineate-metrics-"))
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
-    return str(path)
+    with contextlib.ExitStack() as owned:
+        if settings.prometheus_multiproc_dir:
+            path = Path(settings.prometheus_multiproc_dir)
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path = owned.enter_context(_own_tempdir("delineate-metrics-"))
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield str(path)
 
 
 def run_api(settings: Settings) -> None:
+    with _metrics_dir(settings) as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     import uvicorn
 
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
+    # handlers it found: these end the process with 0 through its `finally` blocks (the metrics
+    # directory is removed), not killed by the signal (-15) or with a KeyboardInterrupt traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
@@ -107,13 +160,17 @@ def _dev_webhook_secret(path: Path) -> str:
 
 def run_dev(settings: Settings) -> int:
     """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
-    from service import harness
-
-    log = get_logger("delineate.dev")
     env = dict(os.environ)
     for name, value in DEV_DEFAULTS.items():
         env.setdefault(name, value)
-    home = Path(tempfile.mkdtemp(prefix="delineate-dev-"))
+    with _own_tempdir("delineate-dev-") as home:  # data, logs, the webhook secret: gone on exit
+        return _run_dev(settings, env, home)
+
+
+def _run_dev(settings: Settings, env: dict[str, str], home: Path) -> int:
+    from service import harness
+
+    log = get_logger("delineate.dev")
     servers: list[harness.Server] = []
     children: list[subprocess.Popen[bytes]] = []
     try:

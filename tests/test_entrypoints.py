@@ -17,7 +17,7 @@ from service import harness
 from service.settings import SettingsError, load_settings
 from tests.hooks import Receiver
 from tests.jobs import initiate, initiate_json, wait_for
-from tests.support import ROOT
+from tests.support import ROOT, base_env
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,7 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
     harness.wait_until(lambda: not _group_alive(process.pid), 30, "make run's children to exit")
     assert harness._is_free(port)
     assert "Traceback" not in log.read_text(), "Ctrl+C stops the stack without a traceback"
+    assert not Path(secret_file.group(1)).parent.exists(), "make run leaves its temporary directory"
     hook.server.shutdown()
 
 
@@ -120,3 +121,28 @@ def test_readme_documents_every_setting():
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
     missing = {name.upper() for name in Settings.model_fields} - documented
     assert not missing, f"README's configuration table lacks {sorted(missing)}"
+
+
+def test_the_api_removes_its_metrics_directory_and_a_dead_one_s_leftover(tmp_path, redis_factory, s3_server):
+    """`delineate api` without PROMETHEUS_MULTIPROC_DIR keeps its metrics in a temporary
+    directory: removed when it stops (exit 0 on SIGTERM), and one a killed API left behind is
+    removed by the next start."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = temp / "delineate-metrics-crashed"
+    leftover.mkdir()
+    (leftover / "owner.pid").write_text(str(dead.pid))
+    live_owner = temp / "delineate-metrics-another-api"  # an API still running: left alone
+    live_owner.mkdir()
+    (live_owner / "owner.pid").write_text(str(os.getpid()))
+    env = base_env(redis_factory().url, s3_server.url, TMPDIR=str(temp))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    api, url = harness.start_api(env, tmp_path / "logs")
+    assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200
+    mine = [p for p in temp.glob("delineate-metrics-*") if p not in (leftover, live_owner)]
+    assert len(mine) == 1 and list(mine[0].glob("*.db")), "the API's own, in use"
+    assert not leftover.exists() and live_owner.exists()
+    assert api.stop(exit_codes=(0,)) == 0
+    assert not mine[0].exists()
