@@ -1,4 +1,8 @@
-"""`delineate proxy render PROFILE [--out DIR]` and `delineate proxy check PROFILE`."""
+"""`delineate proxy render PROFILE [--out DIR]` and `delineate proxy check PROFILE [--json]`.
+
+Outside a checkout (an installed wheel, the Docker image) the profiles are the packaged copy
+and `render` has no proxy/ to write into, so `--out` is required there.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         command.add_argument("profile", help="a profile name in proxy/profiles.toml (nginx, alb, ...)")
         command.add_argument("--profiles", type=Path, default=PROFILES_FILE, help=argparse.SUPPRESS)
         if name == "render":
-            command.add_argument("--out", type=Path, default=PROXY_DIR, help="output directory")
+            command.add_argument(
+                "--out", type=Path, default=PROXY_DIR, help="output directory (required outside a checkout)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"delineate proxy: {exc}", file=sys.stderr)
         return 2
     if args.proxy_command == "render":
+        if args.out is None:
+            print("delineate proxy render: --out DIR is required outside a checkout", file=sys.stderr)
+            return 2
         for path in render.write(profile, args.out):
             print(f"wrote {path}")
         return 0
