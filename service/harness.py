@@ -405,10 +405,11 @@ class Stack:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
-    def add_worker(self, **env: str) -> Proc:
+    def add_worker(self, *args: str, **env: str) -> Proc:
+        """One more `delineate worker ARGS` (e.g. `--queues webhooks`) with this stack's env."""
         worker = spawn(
             f"worker{len(self.workers)}",
-            [sys.executable, "-m", "service", "worker"],
+            [sys.executable, "-m", "service", "worker", *args],
             {**self.env, **env},
             self.logdir,
         )

