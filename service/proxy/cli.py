@@ -1,13 +1,18 @@
-"""`delineate proxy render PROFILE [--out DIR]` and `delineate proxy check PROFILE`."""
+"""`delineate proxy render PROFILE [--out DIR]` and `delineate proxy check PROFILE [--json]`.
+
+Outside a checkout (an installed wheel, the Docker image) the profiles are the packaged copy
+and `render` has no proxy/ to write into, so `--out` is required there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from service.proxy import budget, render
-from service.proxy.profiles import PROFILES_FILE, PROXY_DIR, ProfileError, load_profile
+from service.proxy.profiles import PROFILES_FILE, PROXY_DIR, Profile, ProfileError, load_profile
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,8 +26,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         command = commands.add_parser(name, help=help_text)
         command.add_argument("profile", help="a profile name in proxy/profiles.toml (nginx, alb, ...)")
         command.add_argument("--profiles", type=Path, default=PROFILES_FILE, help=argparse.SUPPRESS)
+        if name == "check":
+            command.add_argument(
+                "--json", action="store_true", help="print the budget and findings as one JSON object"
+            )
         if name == "render":
-            command.add_argument("--out", type=Path, default=PROXY_DIR, help="output directory")
+            command.add_argument(
+                "--out", type=Path, default=PROXY_DIR, help="output directory (required outside a checkout)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,16 +43,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"delineate proxy: {exc}", file=sys.stderr)
         return 2
     if args.proxy_command == "render":
+        if args.out is None:
+            print("delineate proxy render: --out DIR is required outside a checkout", file=sys.stderr)
+            return 2
         for path in render.write(profile, args.out):
             print(f"wrote {path}")
         return 0
     findings = budget.check(profile)
+    violations = sum(1 for finding in findings if finding.severity == "violation")
+    if args.json:
+        print(json.dumps(_report(profile, findings, violations), indent=2))
+        return 1 if violations else 0
     width = max(len(name) for name, _ in budget.budget_rows(profile))
     print(f"profile {profile.name}: {profile.description}")
     for name, value in budget.budget_rows(profile):
         print(f"  {name:<{width}}  {value}")
     for finding in findings:
         print(f"{finding.severity}: {finding.sentence}")
-    violations = sum(1 for finding in findings if finding.severity == "violation")
     print(f"{violations} violation(s)" if violations else "budget ok")
     return 1 if violations else 0
+
+
+def _report(profile: Profile, findings: list[budget.Finding], violations: int) -> dict[str, object]:
+    """`check --json`: what the text output says, for CI jobs and scripts to read, plus the
+    profile's raw numbers (the budget rows are display strings with units)."""
+    return {
+        "profile": profile.name,
+        "description": profile.description,
+        "ok": violations == 0,
+        "violations": violations,
+        "findings": [
+            {"severity": finding.severity, "rule": finding.rule, "sentence": finding.sentence}
+            for finding in findings
+        ],
+        "budget": [{"setting": name, "value": value} for name, value in budget.budget_rows(profile)],
+        "values": profile.model_dump(mode="json", exclude={"name", "description"}),
+    }

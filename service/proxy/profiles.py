@@ -2,11 +2,17 @@
 
 A profile is one deployment's whole timeout budget (the proxy, the app's settings and the
 simulated delays), so the configs and the check never read numbers from two places.
+
+In a checkout the repo's proxy/profiles.toml is read (the file people edit). An installed
+package (a wheel, the Docker image) has no proxy/ beside it, so it reads the copy shipped as
+package data, service/proxy/profiles.toml, which a test keeps byte-identical to the repo's.
 """
 
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.settings import Settings
 
 Target = Literal["nginx", "cloudflare", "alb"]
-PROXY_DIR = Path(__file__).resolve().parents[2] / "proxy"
-PROFILES_FILE = PROXY_DIR / "profiles.toml"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+# The packaged copy: what an installed `delineate proxy` reads when there is no checkout.
+PACKAGED_PROFILES: Traversable = resources.files("service.proxy") / "profiles.toml"
+
+
+def _checkout_proxy_dir() -> Path | None:
+    """The repo's proxy/ when this package runs from a checkout (editable install), else None."""
+    proxy = _CHECKOUT / "proxy"
+    if (_CHECKOUT / "pyproject.toml").is_file() and (proxy / "profiles.toml").is_file():
+        return proxy
+    return None
+
+
+# proxy/ of the checkout: render's default output and the checked-in configs; None when installed.
+PROXY_DIR: Path | None = _checkout_proxy_dir()
+PROFILES_FILE: Path | Traversable = PROXY_DIR / "profiles.toml" if PROXY_DIR else PACKAGED_PROFILES
 
 
 class ProfileError(RuntimeError):
@@ -106,7 +126,7 @@ def _plain(value: object) -> str:
     return str(value)
 
 
-def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
+def load_profiles(path: Path | Traversable = PROFILES_FILE) -> dict[str, Profile]:
     """Every profile in the file, validated; errors name the profile and the field."""
     try:
         raw = tomllib.loads(path.read_text())
@@ -121,7 +141,7 @@ def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:
     return profiles
 
 
-def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
+def load_profile(name: str, path: Path | Traversable = PROFILES_FILE) -> Profile:
     profiles = load_profiles(path)
     if name not in profiles:
         raise ProfileError(f"no profile {name!r} in {path}; known: {', '.join(sorted(profiles))}")
