@@ -15,7 +15,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Request, Route, expect
 
-from service.jobs import state
+from service import keys
 from tests.browser import Tab, chromium, open_tab, otlp_sink
 from tests.support import TEST_BUCKET
 
@@ -79,7 +79,7 @@ def percent(tab: Tab, job_id: str) -> float:
 
 def result_bytes(stack, s3, job_id: str) -> bytes:
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    key = conn.hget(state.job_key(job_id), "result_key")
+    key = conn.hget(keys.job(job_id), "result_key")
     assert key, "the job has no result in Redis"
     return s3.get_object(Bucket=TEST_BUCKET, Key=key.decode())["Body"].read()
 
