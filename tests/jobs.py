@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -9,7 +11,11 @@ import redis
 from rq.executions import Execution
 from rq.job import Job
 
+from service import keys
 from service.harness import wait_until
+from service.jobs import enqueue, state
+from service.runtime import Runtime
+from service.settings import load_settings
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -51,3 +57,38 @@ def plant_execution(conn: redis.Redis, job_id: str, ttl_s: int, worker_name: str
         execution = Execution.create(job, ttl_s, pipeline=pipe, worker_name=worker_name)
         pipe.execute()
     return execution
+
+
+def runtime_on(conn: redis.Redis, **overrides: object) -> Runtime:
+    """A process runtime on the Redis `conn` talks to, with fast clocks (for in-process tests)."""
+    url = "redis://{host}:{port}/0".format(**conn.connection_pool.connection_kwargs)
+    values: dict[str, object] = {
+        "redis_url": url,
+        "worker_heartbeat_s": 1,
+        "reaper_interval_s": 1,
+        "job_max_retries": 2,
+    }
+    return Runtime.open(load_settings(**{**values, **overrides}), s3_pool_size=1)
+
+
+def create_job(rt: Runtime) -> str:
+    """A job as the API creates it: state, index entries and RQ job on its queue, one MULTI."""
+    job = state.JobRecord(
+        id=str(uuid.uuid4()),
+        status=state.QUEUED,
+        file_ids=[70000],
+        created_at=state.now_iso(),
+        client="127.0.0.1",
+        queue=keys.SMALL_QUEUE,
+    )
+
+    async def create() -> str | None:
+        # a fresh async client for this event loop (asyncio.run makes one per call)
+        loop_rt = Runtime.open(rt.settings, s3_pool_size=1)
+        try:
+            return await enqueue.enqueue(loop_rt, job)
+        finally:
+            await loop_rt.aclose()
+
+    assert asyncio.run(create()) is None
+    return job.id

@@ -39,6 +39,7 @@ def base_env(redis_url: str, s3_url: str, **overrides: str) -> dict[str, str]:
         "JOB_RETRY_BASE_S": "1",
         "WORKER_HEARTBEAT_S": "1",
         "WORKER_MAINTENANCE_S": "2",
+        "WORKER_DRAIN_S": "5",  # a stack stopped mid-job hands it back well within Proc.stop's grace
         "LOG_FORMAT": "json",
         "DEDUPE_WINDOW_S": "0",  # tests repeat identical requests on purpose; test_idempotency turns it on
     }

@@ -6,13 +6,11 @@ no queue and no registry is requeued after the grace period and not before.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +31,10 @@ from rq.results import Result
 
 from service import harness, keys
 from service.harness import Proc, Stack, running_stack, start_api
-from service.jobs import enqueue, reaper, state
+from service.jobs import reaper, state
 from service.runtime import Runtime
-from service.settings import load_settings
 from tests import sse
-from tests.jobs import TERMINAL, initiate, plant_execution, wait_for
+from tests.jobs import TERMINAL, create_job, initiate, plant_execution, runtime_on, wait_for
 from tests.support import base_env, require_binary
 
 FAST = {  # every recovery clock at its smallest: 1 s beats (3 s execution TTL), 1 s passes
@@ -60,43 +57,9 @@ def conn(redis_factory: Callable[..., harness.Server]) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _runtime(conn: redis.Redis, **overrides: object) -> Runtime:
-    url = "redis://{host}:{port}/0".format(**conn.connection_pool.connection_kwargs)
-    values: dict[str, object] = {
-        "redis_url": url,
-        "worker_heartbeat_s": 1,
-        "reaper_interval_s": 1,
-        "job_max_retries": 2,
-    }
-    return Runtime.open(load_settings(**{**values, **overrides}), s3_pool_size=1)
-
-
-def _create(rt: Runtime) -> str:
-    """A job as the API creates it: state, index entries and RQ job on its queue, one MULTI."""
-    job = state.JobRecord(
-        id=str(uuid.uuid4()),
-        status=state.QUEUED,
-        file_ids=[70000],
-        created_at=state.now_iso(),
-        client="127.0.0.1",
-        queue=keys.SMALL_QUEUE,
-    )
-
-    async def create() -> str | None:
-        # a fresh async client for this event loop (asyncio.run makes one per call)
-        loop_rt = Runtime.open(rt.settings, s3_pool_size=1)
-        try:
-            return await enqueue.enqueue(loop_rt, job)
-        finally:
-            await loop_rt.aclose()
-
-    assert asyncio.run(create()) is None
-    return job.id
-
-
 def _orphan(rt: Runtime) -> str:
     """A job a worker popped and then died with: in no queue and in no registry."""
-    job_id = _create(rt)
+    job_id = create_job(rt)
     assert rt.redis.lrem(keys.rq_queue(keys.SMALL_QUEUE), 1, job_id) == 1
     return job_id
 
@@ -119,8 +82,8 @@ def _reaped_count(action: str, reason: str) -> float:
 
 
 def test_the_reaper_trims_ids_of_jobs_expired_longer_ago_than_the_index_keeps_them(conn):
-    rt = _runtime(conn)
-    live = _create(rt)
+    rt = runtime_on(conn)
+    live = create_job(rt)
     horizon = time.time() - rt.settings.job_ttl_s - state.INDEX_KEPT_S
     conn.zadd(keys.JOB_INDEX, {"forgotten": horizon - 60, "still-gone": horizon + 60})
 
@@ -133,15 +96,15 @@ def test_the_reaper_trims_ids_of_jobs_expired_longer_ago_than_the_index_keeps_th
 @pytest.mark.parametrize("limit", [0, 3])
 def test_a_client_s_active_jobs_are_tracked_only_while_a_limit_reads_them(conn, limit):
     """Without PER_CLIENT_MAX_ACTIVE_JOBS nothing would ever prune the set: it would only grow."""
-    rt = _runtime(conn, per_client_max_active_jobs=limit)
-    job_id = _create(rt)
+    rt = runtime_on(conn, per_client_max_active_jobs=limit)
+    job_id = create_job(rt)
     tracked = conn.zscore(keys.client_active("127.0.0.1"), job_id) is not None
     assert tracked == bool(limit)
 
 
 def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
-    rt = _runtime(conn)
-    healthy = _create(rt)
+    rt = runtime_on(conn)
+    healthy = create_job(rt)
     orphan = _orphan(rt)
     grace = reaper.suspect_grace_s(rt.settings)
     queue_key = keys.rq_queue(keys.SMALL_QUEUE)
@@ -175,7 +138,7 @@ def test_an_orphan_is_requeued_after_the_grace_period_and_not_before(conn):
 
 def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
     """Killed after the execution was registered, before perform_job marked it started."""
-    rt = _runtime(conn)
+    rt = runtime_on(conn)
     job_id = _orphan(rt)
     plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
     registry = StartedJobRegistry(keys.SMALL_QUEUE, connection=conn)
@@ -190,7 +153,7 @@ def test_the_known_bug_an_expired_entry_of_a_job_rq_still_calls_queued(conn):
 
 def test_the_known_bug_after_rq_cleanup_dropped_the_entry(conn):
     """The same orphan once RQ's maintenance ran first: in no queue and no registry."""
-    rt = _runtime(conn)
+    rt = runtime_on(conn)
     job_id = _orphan(rt)
     plant_execution(conn, job_id, ttl_s=1, worker_name="dead-worker")
     registry = StartedJobRegistry(keys.SMALL_QUEUE, connection=conn)
@@ -205,9 +168,9 @@ def test_the_known_bug_after_rq_cleanup_dropped_the_entry(conn):
 
 
 def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(conn):
-    rt = _runtime(conn, job_max_retries=0)
+    rt = runtime_on(conn, job_max_retries=0)
     no_retries = _orphan(rt)
-    missing = _create(rt)
+    missing = create_job(rt)
     conn.delete(Job.key_for(missing))
     rq_failed = _orphan(rt)
     failed_job = Job.fetch(rq_failed, connection=conn)
@@ -238,7 +201,7 @@ def test_no_retries_left_missing_rq_job_and_rq_failure_end_failed_with_a_reason(
 
 
 def test_a_job_running_far_beyond_its_timeout_is_failed(conn):
-    rt = _runtime(conn, job_timeout_s=1)
+    rt = runtime_on(conn, job_timeout_s=1)
     stuck = _orphan(rt)
     running = _orphan(rt)
     for job_id, started in ((stuck, 30), (running, 0)):
@@ -281,8 +244,8 @@ def test_every_ending_is_counted_once_from_acceptance(conn, ending):
     from service import runtime
     from service.jobs import cancel, download
 
-    rt = _runtime(conn, job_max_retries=0)
-    job_id = _create(rt) if ending != "reaper_rq_missing" else _orphan(rt)
+    rt = runtime_on(conn, job_max_retries=0)
+    job_id = create_job(rt) if ending != "reaper_rq_missing" else _orphan(rt)
     _accepted_ago(rt, job_id, 100)
     outcome = state.CANCELLED if ending == "cancel" else state.FAILED
     before = _finished(keys.SMALL_QUEUE, outcome)

@@ -42,10 +42,11 @@ def request(rt: Runtime, job_id: str) -> None:
         return
     if rq_job.get_status() == JobStatus.STARTED:
         # RQ's stop-execution command reaches the worker running each execution, which calls
-        # `signal`. InvalidJobOperation: that execution ended meanwhile.
-        for execution in rq_job.get_executions():
+        # `signal`. By id: an execution may end between the listing and the command (fetching
+        # each first raised then, a 500); InvalidJobOperation: it ended meanwhile.
+        for execution_id in rq_job.execution_registry.get_execution_ids():
             with contextlib.suppress(InvalidJobOperation):
-                send_stop_execution_command(rt.redis, job_id, execution.id)
+                send_stop_execution_command(rt.redis, job_id, execution_id)
     else:
         rq_job.cancel()  # off the queue (and the retry schedule): it never starts
 
