@@ -7,7 +7,6 @@ A dashboard query that returns nothing here would be a blank panel in production
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 import time
@@ -18,27 +17,21 @@ import pytest
 import yaml
 
 from service import harness
+from tests.dashboards import queries
 from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import initiate, initiate_json, wait_for
 from tests.support import ROOT, require_binary
 from tests.tracing import running_receiver, traced_env
 
 OBSERVABILITY = ROOT / "observability"
-# Grafana's built-in variables, as Grafana would expand them for a short time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, expr) for every Prometheus target of every panel of every dashboard."""
+    """(where, expr) for every Prometheus target of every dashboard, variables at their defaults."""
     found = []
-    for path in sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                expr = target["expr"]
-                for name, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(name, value)
-                assert "$" not in expr, f"unexpanded variable in {path.name}: {expr}"
-                found.append((f"{path.name}: {panel['title']} [{target['refId']}]", expr))
+    for stem, panel, target, expr in queries():
+        assert "$" not in expr, f"unexpanded variable in {stem}: {expr}"
+        found.append((f"{stem}.json: {panel['title']} [{target['refId']}]", expr))
     return found
 
 
