@@ -57,3 +57,13 @@ def test_the_proxies_view_says_what_feeds_its_5xx_panels():
     by_status = next(p for p in panels if p["title"].startswith("5xx per second by status"))
     assert "sum by (status)" in by_status["targets"][0]["expr"]
     assert "524" in by_status["description"] and "504" in by_status["description"]
+
+
+def test_heatmaps_read_their_buckets_as_a_heatmap():
+    """Without format "heatmap" Grafana draws cumulative `le` series as unrelated time series."""
+    heatmaps = [(n, p) for n, d in dashboards().items() for p in d["panels"] if p["type"] == "heatmap"]
+    assert heatmaps
+    for name, panel in heatmaps:
+        for target in panel["targets"]:
+            assert target.get("format") == "heatmap", (name, panel["title"])
+            assert "_bucket" in target["expr"] and target["legendFormat"] == "{{le}}", (name, panel["title"])
