@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from tests.support import ROOT
 
 DASHBOARDS = ROOT / "observability" / "grafana" / "dashboards"
@@ -18,20 +20,49 @@ def dashboards() -> dict[str, dict]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
 
 
-def expand(expr: str, dashboard: dict) -> str:
-    """`expr` with Grafana's built-ins and the dashboard's template variables at their defaults."""
+def variables(dashboard: dict) -> dict[str, dict]:
+    """The dashboard's template variables, by name."""
+    return {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+
+def expand(expr: str, dashboard: dict, values: dict[str, str] | None = None) -> str:
+    """`expr` with Grafana's built-ins and the dashboard's template variables at their defaults.
+
+    A variable whose default is "All" has no value until Grafana asks the datasource: pass it in
+    `values` (a regex, as Grafana writes "All" of a multi-value variable).
+    """
     for name, value in BUILTIN_VARIABLES.items():
         expr = expr.replace(name, value)
-    for variable in dashboard.get("templating", {}).get("list", []):
-        expr = expr.replace(f"${variable['name']}", str(variable.get("current", {}).get("value", "")))
+    for name, variable in variables(dashboard).items():
+        references = (f"${{{name}}}", f"${name}")
+        if not any(reference in expr for reference in references):
+            continue
+        if name in (values or {}):
+            value = values[name]
+        else:
+            value = variable["current"]["value"]
+            assert value not in ("$__all", ["$__all"]), f"${name} defaults to All: pass its value"
+        for reference in references:
+            expr = expr.replace(reference, value)
     return expr
 
 
-def queries() -> list[tuple[str, dict, dict, str]]:
+def all_of(options: list[str]) -> str:
+    """A multi-value variable set to "All", as Grafana writes it into a Prometheus query."""
+    return "(" + "|".join(sorted(options)) + ")"
+
+
+def shipped_jobs() -> list[str]:
+    """The scrape jobs of the shipped prometheus.yml: what $job's "All" finds on such a Prometheus."""
+    config = yaml.safe_load((ROOT / "observability" / "prometheus" / "prometheus.yml").read_text())
+    return [job["job_name"] for job in config["scrape_configs"]]
+
+
+def queries(values: dict[str, str] | None = None) -> list[tuple[str, dict, dict, str]]:
     """(dashboard stem, panel, target, expanded expr) for every Prometheus target."""
     found = []
     for stem, dashboard in dashboards().items():
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                found.append((stem, panel, target, expand(target["expr"], dashboard)))
+                found.append((stem, panel, target, expand(target["expr"], dashboard, values)))
     return found

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
+from tests.dashboards import dashboards, variables
 from tests.support import ROOT
 
 GRAFANA = ROOT / "observability" / "grafana"
-
-
-def dashboards() -> dict[str, dict]:
-    return {
-        path.stem: json.loads(path.read_text()) for path in sorted((GRAFANA / "dashboards").glob("*.json"))
-    }
 
 
 def datasources() -> dict[str, dict]:
@@ -34,22 +30,45 @@ def test_the_four_dashboards_exist_with_unique_uids_and_panel_ids():
             assert panel["targets"], (name, panel["title"])
 
 
-def test_every_query_uses_a_provisioned_datasource():
+def test_no_panel_names_a_fixed_datasource():
+    """Panels read the $datasource variable: the dashboards import into a Grafana whose
+    Prometheus has any uid. Its default is the datasource provisioned here, so compose works."""
     sources = datasources()
-    assert {sources["prometheus"]["type"], sources["jaeger"]["type"]} == {"prometheus", "jaeger"}
     for name, dashboard in dashboards().items():
+        chosen = variables(dashboard)["datasource"]
+        assert (chosen["type"], chosen["query"]) == ("datasource", "prometheus"), name
+        assert sources[chosen["current"]["value"]]["type"] == "prometheus", name
         for panel in dashboard["panels"]:
-            for target in panel["targets"]:
-                assert target["datasource"]["uid"] in sources, (name, panel["title"])
+            for where in (panel, *panel["targets"]):
+                assert where["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (
+                    name,
+                    panel["title"],
+                )
+
+
+def test_every_variable_is_defined_and_used():
+    for name, dashboard in dashboards().items():
+        defined = set(variables(dashboard))
+        used = set(re.findall(r"\$\{?([a-z_]+)", json.dumps([dashboard["panels"], dashboard["links"]])))
+        assert used - {"__rate_interval", "__interval", "__range"} == defined, name
 
 
 def test_exemplars_link_trace_ids_to_jaeger():
     destinations = datasources()["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     assert {"name": "trace_id", "datasourceUid": "jaeger"} in destinations
+    for dashboard in dashboards().values():
+        traces = variables(dashboard)["traces"]
+        assert (traces["type"], traces["query"], traces["current"]["value"]) == (
+            "datasource",
+            "jaeger",
+            "jaeger",
+        )
     jobs = dashboards()["jobs-and-queue"]
     with_exemplars = [p for p in jobs["panels"] if any(t.get("exemplar") for t in p["targets"])]
     assert any(p["type"] == "heatmap" and "job_duration" in p["targets"][0]["expr"] for p in with_exemplars)
-    assert all(any("jaeger" in link["url"] for link in d["links"]) for d in dashboards().values())
+    assert all(
+        any('"datasource":"${traces}"' in link["url"] for link in d["links"]) for d in dashboards().values()
+    )
 
 
 def test_the_proxies_view_says_what_feeds_its_5xx_panels():
