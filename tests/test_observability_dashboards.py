@@ -86,3 +86,42 @@ def test_heatmaps_read_their_buckets_as_a_heatmap():
         for target in panel["targets"]:
             assert target.get("format") == "heatmap", (name, panel["title"])
             assert "_bucket" in target["expr"] and target["legendFormat"] == "{{le}}", (name, panel["title"])
+
+
+def slo_alert_factors() -> dict[str, tuple[float, set[float]]]:
+    """Per SLO (the alerts' `slo` label): its error budget and the burn-rate factors its alerts
+    page or ticket on, read from the alert expressions (`> (14.4 * 0.001)`, `> 0.001`)."""
+    groups = yaml.safe_load((ROOT / "observability" / "prometheus" / "rules" / "alerts.yml").read_text())
+    found: dict[str, tuple[set[float], set[float]]] = {}
+    for rule in (r for g in groups["groups"] for r in g["rules"] if "slo" in r.get("labels", {})):
+        budgets, factors = found.setdefault(rule["labels"]["slo"], (set(), set()))
+        for factor, budget in re.findall(r">\s*\(?(?:([\d.]+)\s*\*\s*)?([\d.]+)\)?", rule["expr"]):
+            budgets.add(float(budget))
+            factors.add(float(factor or 1))
+    assert all(len(budgets) == 1 for budgets, _ in found.values()), found
+    return {slo: (budgets.pop(), factors) for slo, (budgets, factors) in found.items()}
+
+
+def threshold_lines(panel: dict) -> set[float]:
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed"), panel["title"]
+    return {step["value"] for step in defaults["thresholds"]["steps"] if step["value"] is not None}
+
+
+def test_slo_panels_draw_the_targets_and_burn_rates_the_alerts_use():
+    """The lines are where the alerts fire: read from alerts.yml, so the two cannot drift apart."""
+    slos = slo_alert_factors()
+    assert slos["availability"] == (0.001, {14.4, 6, 3, 1})
+    assert slos["job-latency"] == (0.01, {14.4, 6, 3, 1})
+    panels = {p["title"]: p for p in dashboards()["slo-burn"]["panels"]}
+    for slo, prefix in (("availability", "Availability"), ("job-latency", "Job latency")):
+        budget, factors = slos[slo]
+        assert threshold_lines(panels[f"{prefix}: error ratio by window"]) == {budget}
+        assert threshold_lines(panels[f"{prefix}: burn rate (1h, 6h, 1d)"]) == factors
+        assert threshold_lines(panels[f"{prefix}: budget left over the last 30 days"]) == {0}
+    recording = (ROOT / "observability" / "prometheus" / "rules" / "recording.yml").read_text()
+    slow = float(re.search(r'delineate_job_duration_seconds_bucket\{le="([\d.]+)"', recording).group(1))
+    durations = next(
+        p for p in dashboards()["jobs-and-queue"]["panels"] if p["title"].startswith("Job duration p50")
+    )
+    assert threshold_lines(durations) == {slow}
