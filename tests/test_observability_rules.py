@@ -47,6 +47,8 @@ def test_promtool_alert_unit_tests_pass():
 
 def test_every_alert_is_unit_tested_firing_and_not_firing():
     cases = yaml.safe_load((PROMETHEUS / "tests" / "alerts_test.yml").read_text())["tests"]
+    # the unit tests render runbook links with the base prometheus.yml gives them
+    assert all(case["external_labels"]["runbook_base"] == runbook_base() for case in cases)
     firing: set[str] = set()
     quiet: set[str] = set()
     for case in cases:
@@ -58,10 +60,19 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
     assert names - quiet == set(), "alerts never tested staying quiet"
 
 
+def runbook_base() -> str:
+    """The one base of every runbook link: the external label `runbook_base` of prometheus.yml."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    return config["global"]["external_labels"]["runbook_base"]
+
+
 def test_every_alert_has_a_runbook_with_the_three_sections():
+    """Alertmanager and Slack need absolute links: each is the one base plus the page's name."""
+    base = runbook_base()
+    assert base.startswith("https://") and base.endswith("/docs/runbooks/"), base
     for rule in alerts():
         page = RUNBOOKS / f"{rule['alert']}.md"
-        assert rule["annotations"]["runbook_url"] == f"docs/runbooks/{page.name}"
+        assert rule["annotations"]["runbook_url"] == "{{ $externalLabels.runbook_base }}" + page.name
         text = page.read_text()
         for section in ("## What it means", "## How to confirm", "## What to do"):
             assert section in text, f"{page.name} lacks {section!r}"
