@@ -125,3 +125,14 @@ def test_slo_panels_draw_the_targets_and_burn_rates_the_alerts_use():
         p for p in dashboards()["jobs-and-queue"]["panels"] if p["title"].startswith("Job duration p50")
     )
     assert threshold_lines(durations) == {slow}
+
+
+def test_no_panel_reads_days_of_raw_samples():
+    """A [30d] range over every raw series is slow and, past the retention, silently short: the
+    30-day budgets come from recording rules (delineate:slo_*:*_rate30d)."""
+    for name, dashboard in dashboards().items():
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                assert not re.search(r"\[\d+[dwy]\]", target["expr"]), (name, panel["title"])
+    budgets = [p for p in dashboards()["slo-burn"]["panels"] if "budget left" in p["title"]]
+    assert len(budgets) == 2 and all("_rate30d" in p["targets"][0]["expr"] for p in budgets)

@@ -205,6 +205,7 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
         )
         prometheus.wait_until('sum(delineate_webhook_deliveries_total{outcome="gave_up"})', lambda v: v == 2)
         prometheus.wait_until("count(delineate:slo_jobs:slow_ratio_rate5m)", lambda v: v == 1)
+        prometheus.wait_until("count(delineate:slo_jobs:slow_ratio_rate30d)", lambda v: v == 1)
         assert prometheus.value('sum(delineate_jobs_accepted_total{queue="downloads-large"})') == 2
 
         failures = []
