@@ -496,6 +496,24 @@ def test_prometheus_compose_config_keeps_in_step_with_the_shipped_one():
     assert "--enable-feature=exemplar-storage" in services()["prometheus"]["command"]
 
 
+def seconds(duration: str) -> int:
+    """A Prometheus duration such as 30d or 1h30m, in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+    parts = re.findall(r"(\d+)([smhdwy])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def test_prometheus_keeps_the_longest_window_its_rules_and_dashboards_read():
+    """Prometheus keeps 15 days unless told: a 30-day budget would silently cover 15."""
+    retention = seconds(flag(services()["prometheus"]["command"], "--storage.tsdb.retention.time"))
+    sources = [*(ROOT / "observability/prometheus/rules").glob("*.yml")]
+    sources += [*(ROOT / "observability/grafana/dashboards").glob("*.json")]
+    windows = [seconds(w) for path in sources for w in re.findall(r"\[(\d+[smhdwy])\]", path.read_text())]
+    assert max(windows) == seconds("30d")
+    assert retention >= max(windows)
+
+
 def test_promtool_accepts_the_mounted_prometheus_config(tmp_path):
     """Lay the container's /etc/prometheus out from the bind mounts, then ask promtool."""
     service = services()["prometheus"]

@@ -7,8 +7,8 @@ A dashboard query that returns nothing here would be a blank panel in production
 from __future__ import annotations
 
 import itertools
-import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,27 +18,22 @@ import pytest
 import yaml
 
 from service import harness
+from tests.dashboards import all_of, dashboards, queries, shipped_jobs, variables
 from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import initiate, initiate_json, wait_for
 from tests.support import ROOT, require_binary
 from tests.tracing import running_receiver, traced_env
 
 OBSERVABILITY = ROOT / "observability"
-# Grafana's built-in variables, as Grafana would expand them for a short time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, expr) for every Prometheus target of every panel of every dashboard."""
+def dashboard_queries(values: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(where, expr) for every Prometheus target of every dashboard, variables at their defaults
+    or, for those that default to "All", at `values`."""
     found = []
-    for path in sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                expr = target["expr"]
-                for name, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(name, value)
-                assert "$" not in expr, f"unexpanded variable in {path.name}: {expr}"
-                found.append((f"{path.name}: {panel['title']} [{target['refId']}]", expr))
+    for stem, panel, target, expr in queries(values):
+        assert "$" not in expr, f"unexpanded variable in {stem}: {expr}"
+        found.append((f"{stem}.json: {panel['title']} [{target['refId']}]", expr))
     return found
 
 
@@ -71,6 +66,23 @@ class Prometheus:
     def value(self, expr: str) -> float:
         result = self.query(expr).get("data", {}).get("result", [])
         return float(result[0]["value"][1]) if result else math.nan
+
+    def query_variables(self) -> dict[str, str]:
+        """Every dashboard query variable (`label_values(selector, label)`) as Grafana resolves its
+        default, "All", against this Prometheus."""
+        resolved: dict[str, str] = {}
+        for dashboard in dashboards().values():
+            for name, variable in variables(dashboard).items():
+                if variable["type"] != "query":
+                    continue
+                selector, label = re.fullmatch(
+                    r"label_values\((.*),\s*(\w+)\)", variable["definition"]
+                ).groups()
+                response = httpx.get(
+                    f"{self.url}/api/v1/label/{label}/values", params={"match[]": selector}, timeout=10
+                )
+                resolved[name] = all_of(response.json()["data"])
+        return resolved
 
     def wait_until(self, expr: str, ready, timeout_s: float = 30) -> float:
         """Poll (never sleep a guess): the first sample lands ~6 s after start."""
@@ -193,12 +205,15 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
         )
         prometheus.wait_until('sum(delineate_webhook_deliveries_total{outcome="gave_up"})', lambda v: v == 2)
         prometheus.wait_until("count(delineate:slo_jobs:slow_ratio_rate5m)", lambda v: v == 1)
+        prometheus.wait_until("count(delineate:slo_jobs:slow_ratio_rate30d)", lambda v: v == 1)
         assert prometheus.value('sum(delineate_jobs_accepted_total{queue="downloads-large"})') == 2
 
         failures = []
-        queries = [*dashboard_queries(), *rule_queries("record")]
-        assert len(queries) > 40
-        for where, expr in queries:
+        values = prometheus.query_variables()
+        assert values == {"job": all_of(shipped_jobs())}  # $job finds both scrape jobs
+        checked = [*dashboard_queries(values), *rule_queries("record")]
+        assert len(checked) > 40
+        for where, expr in checked:
             answer = prometheus.query(expr)
             if answer.get("status") != "success":
                 failures.append(f"{where}: {answer.get('error')}\n    {expr}")
@@ -229,5 +244,6 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
 
 
 if __name__ == "__main__":  # print the queries the proof runs
-    for where, expr in [*dashboard_queries(), *rule_queries("record"), *rule_queries("alert")]:
+    jobs = {"job": all_of(shipped_jobs())}
+    for where, expr in [*dashboard_queries(jobs), *rule_queries("record"), *rule_queries("alert")]:
         print(f"{where}\n    {' '.join(expr.split())}", file=sys.stdout)
