@@ -19,7 +19,7 @@ run: $(BIN)/delineate
 test: $(BIN)/delineate
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one (fixtures stay per file)
 
 # For local iteration: stops at the first failure, skips the slow drills and the browser tests.
 test-fast: $(BIN)/delineate
