@@ -60,6 +60,10 @@ def _own_tempdir(prefix: str) -> Iterator[Path]:
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
+    # once: a second signal (Ctrl+C reaches the process group and `delineate dev` forwards it)
+    # must not interrupt the exit this one started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(0)
 
 

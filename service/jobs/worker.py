@@ -198,7 +198,8 @@ class DownloadWorker(BaseWorker):
             self.log.warning("handing %d running downloads back to their queues", cancel.hand_back_all())
         self._pool.shutdown(wait=True)
         self._stop_beating.set()
-        super().teardown()
+        with self._riding_out("deregistration"):  # Redis may be gone first (`make run`'s Ctrl+C)
+            super().teardown()
 
     # -- internals -------------------------------------------------------------------------
 
