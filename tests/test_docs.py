@@ -531,3 +531,21 @@ def test_no_key_is_spelled_outside_service_keys() -> None:
         if KEY_LITERAL.search(line)
     ]
     assert spelled == []
+
+
+def test_jobs_never_import_webhooks() -> None:
+    """Imports run down the house: webhooks/ builds on jobs/, never the reverse (the webhook
+    delivery is wired into lifecycle.finish by service/runtime.py)."""
+    back_up = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "service" / "jobs").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+        )
+        if name.startswith("service.webhooks")
+    ]
+    assert back_up == []
