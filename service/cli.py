@@ -59,14 +59,6 @@ def _own_tempdir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _exit_quietly(signum: int, frame: object) -> None:
-    # once: a second signal (Ctrl+C reaches the process group and `delineate dev` forwards it)
-    # must not interrupt the exit this one started
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    raise SystemExit(0)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -96,19 +88,28 @@ def _metrics_dir(settings: Settings) -> Iterator[str]:
 
 
 def run_api(settings: Settings) -> None:
-    with _metrics_dir(settings) as metrics_dir:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    with contextlib.ExitStack() as owned:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = owned.enter_context(_metrics_dir(settings))
+
+        def exit_now(signum: int, frame: object) -> None:
+            """uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under
+            the handlers it found: this one. Clean up and end with 0 (not killed by the signal,
+            no KeyboardInterrupt traceback). Also the end when a signal comes while uvicorn is not
+            serving (a failed start stuck in its lifespan shutdown). Once: Ctrl+C reaches the
+            process group and `delineate dev` forwards it too."""
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            owned.close()
+            os._exit(0)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, exit_now)
         _serve(settings)
 
 
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
-    # handlers it found: these end the process with 0 through its `finally` blocks (the metrics
-    # directory is removed), not killed by the signal (-15) or with a KeyboardInterrupt traceback.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_quietly)
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,

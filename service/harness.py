@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,11 +42,24 @@ DEMO_FILE_IDS = tuple(range(70_000, 70_064, 7))  # 70000, 70007, ..., 70063: ten
 
 
 def free_port(avoid: set[int] | None = None) -> int:
-    """A currently free port (and, for SeaweedFS, whose +10000 gRPC twin is free too)."""
+    """A currently free port (and, for SeaweedFS, whose +10000 gRPC twin is free too).
+
+    Under pytest-xdist (`make test` runs two workers) each worker takes ports from its own
+    range, 10000 + 1000·n (twins 20000 + 1000·n), below the kernel's ephemeral ports: a port
+    found free is closed again before its server binds it, so two workers asking the kernel at
+    once could be handed the same one.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    own = range(10_000 + 1000 * int(worker[2:]), 11_000 + 1000 * int(worker[2:])) if worker else None
     for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        if own is not None:
+            port = random.choice(own)
+            if not _is_free(port):
+                continue
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
         if port + 10000 < 65536 and port not in (avoid or set()) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair found")
