@@ -1,4 +1,5 @@
-"""Correlated JSON logs: trace_id/span_id/request_id/job_id where known, and nothing secret."""
+"""Correlated JSON logs: trace_id/span_id/request_id and the job's digest where known, and nothing
+secret: no credential, no presigned signature, no job id (the only key to a job)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from service import harness
+from service.telemetry.logging import job_ref
 from tests.jobs import initiate, wait_for
 from tests.tracing import traced_env
 
@@ -40,6 +42,7 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
         assert harness.DEV_SECRET_KEY not in text
         assert signature not in text
         assert "X-Amz-Signature=" not in text and "X-Amz-Credential=" not in text
+        assert job_id not in text
 
     api_lines = json_lines(api_text)
     (initiated,) = [
@@ -51,7 +54,8 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
     assert len(initiated["span_id"]) == 16 and initiated["request_id"]
     assert {"timestamp", "level"} <= initiated.keys()
 
-    worker_lines = [line for line in json_lines(worker_text) if line.get("job_id") == job_id]
+    assert job_ref(job_id) != job_id
+    worker_lines = [line for line in json_lines(worker_text) if line.get("job") == job_ref(job_id)]
     events = [line["event"] for line in worker_lines]
     assert events[0] == "job_started" and events[-1] == "job_stopped", events
     assert all(line["trace_id"] == done["traceId"] and len(line["span_id"]) == 16 for line in worker_lines)

@@ -2,11 +2,17 @@
 
 Context (request_id, job_id) is bound with structlog's contextvars, so every log line written
 while handling a request or a job carries it without being passed around.
+
+A job id is the only key to a job (a bearer secret, as in the original design), so no log line
+carries one: `job_id` fields become `job`, a short digest of the id (`job_ref`), and any job id
+inside a message (RQ's own lines, an exception's text) is replaced by the same digest. An operator
+holding an id finds its lines by its digest: `service.telemetry.logging.job_ref(ID)`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import sys
@@ -28,13 +34,32 @@ def _sensitive(key: str) -> bool:
     return _SENSITIVE_KEY.search(key.lower()) is not None
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def job_ref(job_id: str) -> str:
+    """What the logs carry instead of a job id: stable, so an operator holding the id can find the
+    job's lines, and useless to anyone reading the logs without it."""
+    return "job:" + hashlib.sha256(job_id.encode()).hexdigest()[:12]
+
+
+def _hide_job_ids(text: str) -> str:
+    return _JOB_ID.sub(lambda found: job_ref(found[0]), text)
+
+
 def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
-    """Drop secret-looking fields and presigned query strings, whatever logged them."""
+    """Drop secret-looking fields and presigned query strings, and replace job ids by their
+    `job_ref`, whatever logged them."""
+    job_id = event.pop("job_id", None)
+    if isinstance(job_id, str):
+        event["job"] = job_ref(job_id)
     for key, value in event.items():
         if _sensitive(key):
             event[key] = REDACTED
-        elif isinstance(value, str) and "X-Amz-Signature=" in value:
-            event[key] = value.split("?", 1)[0] + "?" + REDACTED
+        elif isinstance(value, str):
+            if "X-Amz-Signature=" in value:
+                value = value.split("?", 1)[0] + "?" + REDACTED
+            event[key] = _hide_job_ids(value)
     return event
 
 
@@ -52,7 +77,6 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_trace_ids,  # trace_id, span_id of the active span (none when tracing is off)
-        _redact,
     ]
     final = (
         renderer
@@ -62,7 +86,8 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     filtering = structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
     output = structlog.PrintLogger(sys.stderr) if console else structlog.BytesLogger(sys.stderr.buffer)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, final],
+        # Redaction after the traceback is rendered, so an exception's text is redacted too.
+        processors=[*shared, structlog.processors.format_exc_info, _redact, final],
         wrapper_class=filtering,
         logger_factory=lambda *_: output,
         cache_logger_on_first_use=True,
@@ -85,6 +110,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,  # a library's traceback as text, not a tuple
+                _redact,
                 renderer,
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
