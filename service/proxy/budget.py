@@ -200,7 +200,7 @@ def _s(seconds: float) -> str:
 def budget_rows(profile: Profile) -> list[tuple[str, str]]:
     """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md."""
     app, proxy = profile.app, profile.proxy
-    return [
+    rows = [
         ("proxy read/idle timeout", _s(proxy.read_timeout_s)),
         ("proxy connect timeout", _s(proxy.connect_timeout_s)),
         ("proxy idle reuse of app connections", _s(proxy.upstream_keepalive_s)),
@@ -219,6 +219,17 @@ def budget_rows(profile: Profile) -> list[tuple[str, str]]:
             f"{profile.scenario.download_delay_min_ms}-{profile.scenario.download_delay_max_ms} ms",
         ),
     ]
+    if profile.kubernetes:  # the pods' side, as render writes it
+        pods = profile.kubernetes.pods()
+        rows += [
+            ("API preStop pause / grace period", f"{_s(pods.pre_stop_s)} / {_s(pods.api_grace_s)}"),
+            (
+                "WORKER_DRAIN_S / worker grace period",
+                f"{_s(pods.worker_drain_s)} / {_s(pods.worker_grace_s)}",
+            ),
+            ("KEDA cooldown / scale-down window", f"{_s(pods.cooldown_s)} / {_s(pods.scale_down_window_s)}"),
+        ]
+    return rows
 
 
 def budget_table(profiles: list[Profile]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from service.proxy.profiles import CHECKOUT, Pods, Profile
-from service.proxy.render import _fill, app_env
+from service.proxy.render import TEMPLATES, _Template, app_env
 from service.settings import API_SHUTDOWN_GRACE_S
 
 API = "delineate-api"  # the API's Deployment and Service
@@ -29,6 +29,15 @@ PUBLIC_PATHS = (
     ("/static", "Prefix"),
     ("/v1", "Prefix"),
 )
+
+
+def _fill(template: str, profile: Profile, **values: object) -> str:
+    header = (
+        f"Rendered by `delineate proxy render {profile.name} --profiles deploy/kubernetes/profiles.toml "
+        f"--out deploy/kubernetes`:\n# edit the profile and re-render, not this file. Profile "
+        f"{profile.name}: {profile.description}."
+    )
+    return _Template((TEMPLATES / template).read_text()).substitute(header=header, **values)
 
 
 def backend(profile: Profile) -> tuple[str, int]:
