@@ -180,7 +180,10 @@ def test_dashboards_are_the_shipped_ones_for_the_grafana_sidecar(overlay):
     shipped = {
         path.name: path.read_text() for path in (ROOT / "observability/grafana/dashboards").glob("*.json")
     }
-    assert dashboards["data"] == shipped
+    assert sorted(dashboards["data"]) == sorted(shipped), (
+        "list every dashboard of observability/grafana/dashboards in base/kustomization.yaml"
+    )
+    assert dashboards["data"] == shipped, "re-render: `delineate proxy render ingress-nginx ...`"
 
 
 # ---- strict validation ---------------------------------------------------------------------
