@@ -51,8 +51,8 @@ DOWNLOAD_MIB = 0.1
 
 
 @functools.cache
-def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
-    """The overlay as `kubectl kustomize` renders it, parsed (rendered once per test process)."""
+def kustomize_output(overlay: str) -> str:
+    """The overlay as `kubectl kustomize` renders it (once per test process)."""
     result = subprocess.run(
         [require_binary("kubectl"), "kustomize", str(KUBERNETES / "overlays" / overlay)],
         capture_output=True,
@@ -60,7 +60,12 @@ def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    return result.stdout
+
+
+@functools.cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    return tuple(doc for doc in yaml.safe_load_all(kustomize_output(overlay)) if doc)
 
 
 def objects(overlay: str) -> list[dict[str, Any]]:
@@ -269,22 +274,41 @@ def test_the_crd_validation_rejects_unknown_and_mistyped_fields():
 # ---- the budget, judged on the rendered values ---------------------------------------------
 
 
+CHECK = (sys.executable, "-m", "service", "proxy", "check")
+
+
+def proxy_check(overlay: str, manifests: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl kustomize OVERLAY | delineate proxy check OVERLAY --profiles ... --manifests -`"""
+    return subprocess.run(
+        [*CHECK, overlay, "--profiles", str(PROFILES), "--manifests", "-"],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_proxy_check_passes_on_the_rendered_values(overlay):
     docs = objects(overlay)
     profile = kubernetes.profile_from_manifests(load_profile(overlay, PROFILES), docs)
     pods = kubernetes.pods_from_manifests(docs)
     assert pods == load_profile(overlay, PROFILES).kubernetes.pods(), "the overlay's patches did not apply"
-    violations = [f.sentence for f in budget.check(profile, pods) if f.severity == "violation"]
-    assert not violations
-    cli = subprocess.run(
-        [sys.executable, "-m", "service", "proxy", "check", overlay, "--profiles", str(PROFILES)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert not [f.sentence for f in budget.check(profile, pods) if f.severity == "violation"]
+    cli = proxy_check(overlay, kustomize_output(overlay))
+    assert cli.returncode == 0 and "budget ok" in cli.stdout, cli.stdout + cli.stderr
+
+
+def test_proxy_check_cli_fails_on_manifests_that_break_the_budget():
+    docs = objects("aws-alb")
+    pod = one(docs, "Deployment", kubernetes.WORKER)["spec"]["template"]["spec"]
+    pod["terminationGracePeriodSeconds"] = 60
+    cli = proxy_check("aws-alb", yaml.safe_dump_all(docs))
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "terminationGracePeriodSeconds (60 s) does not outlast WORKER_DRAIN_S (180 s)" in cli.stdout
+    unreadable = proxy_check("aws-alb", "kind: Something\n")
+    assert unreadable.returncode == 2 and "Ingress delineate-api" in unreadable.stderr
 
 
 ANNOTATIONS = "metadata.annotations."

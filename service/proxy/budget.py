@@ -197,8 +197,9 @@ def _s(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def budget_rows(profile: Profile) -> list[tuple[str, str]]:
-    """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md."""
+def budget_rows(profile: Profile, pods: Pods | None = None) -> list[tuple[str, str]]:
+    """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md.
+    `pods`: the values read from manifests (default: those the profile derives)."""
     app, proxy = profile.app, profile.proxy
     rows = [
         ("proxy read/idle timeout", _s(proxy.read_timeout_s)),
@@ -219,8 +220,8 @@ def budget_rows(profile: Profile) -> list[tuple[str, str]]:
             f"{profile.scenario.download_delay_min_ms}-{profile.scenario.download_delay_max_ms} ms",
         ),
     ]
-    if profile.kubernetes:  # the pods' side, as render writes it
-        pods = profile.kubernetes.pods()
+    if profile.kubernetes:  # the pods' side
+        pods = pods or profile.kubernetes.pods()
         rows += [
             ("API preStop pause / grace period", f"{_s(pods.pre_stop_s)} / {_s(pods.api_grace_s)}"),
             (

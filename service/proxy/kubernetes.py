@@ -228,3 +228,27 @@ def profile_from_manifests(profile: Profile, objects: list[dict[str, Any]]) -> P
         connect_timeout_s=float(notes[nginx + "proxy-connect-timeout"]),
         client_max_body_kb=int(notes[nginx + "proxy-body-size"].removesuffix("k")),
     )
+
+
+def read_manifests(text: str) -> list[dict[str, Any]]:
+    """Multi-document YAML (`kubectl kustomize` output) as objects. PyYAML is a dev dependency,
+    not a runtime one: this runs where manifests are rendered (CI, a laptop), not in the image."""
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError("reading manifests needs PyYAML (pip install pyyaml)") from None
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the manifests are not YAML: {exc}") from None
+
+
+def judged(profile: Profile, text: str) -> tuple[Profile, Pods]:
+    """The profile and pod values as rendered manifests carry them, for `proxy check --manifests`."""
+    if profile.kubernetes is None:
+        raise ValueError(f"profile {profile.name} has no [kubernetes] section to check manifests against")
+    objects = read_manifests(text)
+    try:
+        return profile_from_manifests(profile, objects), pods_from_manifests(objects)
+    except (KeyError, StopIteration, TypeError) as exc:
+        raise ValueError(f"the manifests lack a value the check needs: {exc!r}") from None
