@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from service.proxy.profiles import CHECKOUT, Pods, Profile
-from service.proxy.render import TEMPLATES, _Template, app_env
+from service.proxy.render import TEMPLATES, _Template
 from service.settings import API_SHUTDOWN_GRACE_S
 
 API = "delineate-api"  # the API's Deployment and Service
@@ -124,6 +124,14 @@ def pods(profile: Profile) -> str:
         max_workers=profile.kubernetes.max_workers,
         cooldown=derived.cooldown_s,
     )
+
+
+def app_env(profile: Profile) -> str:
+    """The service's side of the budget, for the overlay's configMapGenerator (merged into
+    delineate-config, which both Deployments read)."""
+    lines = [f"# Rendered by `delineate proxy render {profile.name}` from deploy/kubernetes/profiles.toml."]
+    lines += [f"{name}={value}" for name, value in profile.app_env().items()]
+    return "\n".join(lines) + "\n"
 
 
 def overlay_files(target: str) -> dict[str, Callable[[Profile], str]]:
