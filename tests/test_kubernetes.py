@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from service import keys
 from service.api.app import routes
 from service.proxy import budget, kubernetes, render
-from service.proxy.profiles import KILL_MARGIN_S, load_profile
+from service.proxy.profiles import KILL_MARGIN_S, ProfileError, load_profile, load_profiles
 from service.settings import API_SHUTDOWN_GRACE_S, Settings, load_settings
 from tests.support import ROOT, require_binary
 
@@ -403,6 +403,28 @@ def test_a_kubernetes_profile_needs_its_pods_section(tmp_path):
         check=False,
     )
     assert result.returncode == 2 and "kubernetes" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ('targets = ["aws-alb"]', 'targets = ["alb"]', "needs an ingress-nginx or aws-alb target"),
+        (
+            'targets = ["aws-alb"]',
+            'targets = ["aws-alb", "nginx"]',
+            "mix Kubernetes Ingresses with host proxies",
+        ),
+        ("min_workers = 1\nmax_workers = 20\n", "min_workers = 5\nmax_workers = 2\n", "min_workers"),
+        ("worker_drain_s = 180", "worker_drain_s = -1", "worker_drain_s"),
+    ],
+)
+def test_a_kubernetes_section_is_validated(tmp_path, old, new, error):
+    text = PROFILES.read_text()
+    assert old in text
+    broken = tmp_path / "profiles.toml"
+    broken.write_text(text.replace(old, new))
+    with pytest.raises(ProfileError, match=error):
+        load_profiles(broken)
 
 
 # ---- KEDA ----------------------------------------------------------------------------------
