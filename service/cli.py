@@ -23,7 +23,7 @@ from pathlib import Path
 
 from service import keys
 from service.proxy import cli as proxy_cli
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import API_SHUTDOWN_GRACE_S, Settings, SettingsError, load_settings
 from service.telemetry.logging import configure, get_logger
 
 # Downloads of 5-15 s as in the original's dev mode, and a drain that outlasts them (Ctrl+C).
@@ -117,7 +117,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.api_workers,
         timeout_keep_alive=settings.uvicorn_keepalive_s,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
         proxy_headers=False,  # EdgeMiddleware decides, with TRUSTED_PROXIES
         server_header=False,
         access_log=False,

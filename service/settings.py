@@ -23,6 +23,9 @@ FILE_IDS_MAX = 1_000
 # the proxy tooling already imports this module and must not import the API's middleware
 # (Starlette, telemetry).
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
+# After SIGTERM, uvicorn lets open requests and event streams run this long, then closes them
+# (an SSE client resumes elsewhere with Last-Event-ID). The API pods' grace period counts it.
+API_SHUTDOWN_GRACE_S = 10
 
 
 class SettingsError(RuntimeError):

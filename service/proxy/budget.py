@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from service.proxy.profiles import Profile
+from service.proxy.profiles import ALB_TARGETS, KILL_MARGIN_S, NGINX_TARGETS, Pods, Profile
+from service.settings import API_SHUTDOWN_GRACE_S
 
 Severity = Literal["violation", "warning"]
 POLL_HINT_MAX_S = 30  # beyond this a finished download waits too long for its poller
@@ -32,6 +33,8 @@ def idle_timeouts(profile: Profile) -> list[tuple[str, float]]:
                 ("nginx proxy_read_timeout", proxy.read_timeout_s),
                 ("nginx send_timeout", proxy.client_timeout_s),
             ]
+        elif target == "ingress-nginx":
+            named.append(("the ingress-nginx proxy-read-timeout", proxy.read_timeout_s))
         elif target == "cloudflare":
             named.append(("the Cloudflare Proxy Read Timeout", proxy.read_timeout_s))
         else:
@@ -46,17 +49,22 @@ def upstream_idle(profile: Profile) -> list[tuple[str, float]]:
         "nginx": "nginx's upstream keepalive_timeout",
         "cloudflare": "Cloudflare's Proxy Idle Timeout",
         "alb": "the ALB idle timeout",
+        "ingress-nginx": "ingress-nginx's upstream-keepalive-timeout",
+        "aws-alb": "the ALB idle timeout",
     }
     values = {
         "nginx": proxy.upstream_keepalive_s,
         "cloudflare": proxy.upstream_keepalive_s,
         "alb": max(proxy.read_timeout_s, proxy.upstream_keepalive_s),
+        "ingress-nginx": proxy.upstream_keepalive_s,
+        "aws-alb": max(proxy.read_timeout_s, proxy.upstream_keepalive_s),
     }
     return [(names[target], values[target]) for target in profile.targets]
 
 
-def check(profile: Profile) -> list[Finding]:
-    """All findings for one profile, violations first."""
+def check(profile: Profile, pods: Pods | None = None) -> list[Finding]:
+    """All findings for one profile, violations first. `pods`: the Kubernetes values read from
+    rendered manifests; by default those the profile's [kubernetes] section derives."""
     app, proxy, scenario = profile.app, profile.proxy, profile.scenario
     found: list[Finding] = []
 
@@ -99,7 +107,11 @@ def check(profile: Profile) -> list[Finding]:
             f"{polls:g} polls per {window_s:g} s window, at or above RATE_LIMIT_MAX_REQUESTS "
             f"({app.rate_limit_max_requests}), so well-behaved pollers get 429.",
         )
-    if "nginx" in profile.targets and proxy.rate_limit_rps and 1 / app.poll_interval_s > proxy.rate_limit_rps:
+    if (
+        NGINX_TARGETS & set(profile.targets)
+        and proxy.rate_limit_rps
+        and 1 / app.poll_interval_s > proxy.rate_limit_rps
+    ):
         violation(
             "retry-after",
             f"POLL_INTERVAL_S ({app.poll_interval_s} s) is faster than nginx's limit_req rate "
@@ -111,7 +123,7 @@ def check(profile: Profile) -> list[Finding]:
             f"The proxy's body limit ({proxy.client_max_body_kb} KiB) is below MAX_BODY_BYTES "
             f"({app.max_body_bytes}), so large requests get the proxy's 413 instead of the API's JSON error.",
         )
-    if "alb" in profile.targets:
+    if ALB_TARGETS & set(profile.targets):
         reconnect_s = app.sse_max_stream_s + app.sse_retry_ms / 1000
         if proxy.deregistration_delay_s <= reconnect_s:
             violation(
@@ -121,6 +133,8 @@ def check(profile: Profile) -> list[Finding]:
                 f"(SSE_MAX_STREAM_S + SSE_RETRY_MS = {reconnect_s:g} s), "
                 "so a deploy cuts streams instead of letting them resume on another target.",
             )
+    if profile.kubernetes:
+        found += _pod_findings(profile, pods or profile.kubernetes.pods())
     longest_start_s = scenario.download_delay_max_ms / 1000
     if longest_start_s >= proxy.read_timeout_s:
         found.append(
@@ -136,14 +150,58 @@ def check(profile: Profile) -> list[Finding]:
     return sorted(found, key=lambda finding: finding.severity != "violation")
 
 
+def _pod_findings(profile: Profile, pods: Pods) -> list[Finding]:
+    """The Kubernetes rules: no SIGKILL inside a drain, no cut before the LB lets go, no
+    scale-down flapping faster than a download."""
+    found: list[Finding] = []
+
+    def violation(rule: str, sentence: str) -> None:
+        found.append(Finding("violation", rule, sentence))
+
+    if pods.worker_grace_s < pods.worker_drain_s + KILL_MARGIN_S:
+        violation(
+            "worker-grace",
+            f"The worker pods' terminationGracePeriodSeconds ({pods.worker_grace_s} s) does not outlast "
+            f"WORKER_DRAIN_S ({pods.worker_drain_s} s) by {KILL_MARGIN_S} s, so Kubernetes SIGKILLs "
+            "a draining worker before it hands its unfinished downloads back to the queue.",
+        )
+    if pods.api_grace_s < pods.pre_stop_s + API_SHUTDOWN_GRACE_S:
+        violation(
+            "api-grace",
+            f"The API pods' terminationGracePeriodSeconds ({pods.api_grace_s} s) is shorter than the "
+            f"preStop pause ({pods.pre_stop_s} s) plus uvicorn's graceful shutdown "
+            f"({API_SHUTDOWN_GRACE_S} s), so requests in flight are killed instead of answered.",
+        )
+    if ALB_TARGETS & set(profile.targets) and profile.proxy.deregistration_delay_s < pods.pre_stop_s:
+        violation(
+            "pre-stop",
+            f"The deregistration delay ({profile.proxy.deregistration_delay_s} s) is shorter than the "
+            f"API pods' preStop pause ({pods.pre_stop_s} s), so the ALB drops a stopping pod's open "
+            "connections while the pod still serves them.",
+        )
+    longest_s = profile.scenario.download_delay_max_ms / 1000
+    for name, value in (
+        ("KEDA cooldownPeriod", pods.cooldown_s),
+        ("the workers' scale-down stabilizationWindowSeconds", pods.scale_down_window_s),
+    ):
+        if value < longest_s:
+            violation(
+                "cooldown",
+                f"The {name} ({value} s) is shorter than a download (up to {_s(longest_s)}), so "
+                "workers are removed between two waves of one burst and drain downloads they could finish.",
+            )
+    return found
+
+
 def _s(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def budget_rows(profile: Profile) -> list[tuple[str, str]]:
-    """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md."""
+def budget_rows(profile: Profile, pods: Pods | None = None) -> list[tuple[str, str]]:
+    """The budget as (setting, value) rows: printed by the CLI, tabled in docs/proxies.md.
+    `pods`: the values read from manifests (default: those the profile derives)."""
     app, proxy = profile.app, profile.proxy
-    return [
+    rows = [
         ("proxy read/idle timeout", _s(proxy.read_timeout_s)),
         ("proxy connect timeout", _s(proxy.connect_timeout_s)),
         ("proxy idle reuse of app connections", _s(proxy.upstream_keepalive_s)),
@@ -155,13 +213,24 @@ def budget_rows(profile: Profile) -> list[tuple[str, str]]:
         ("client body limit", f"{proxy.client_max_body_kb} KiB"),
         (
             "ALB deregistration delay",
-            _s(proxy.deregistration_delay_s) if "alb" in profile.targets else "n/a",
+            _s(proxy.deregistration_delay_s) if ALB_TARGETS & set(profile.targets) else "n/a",
         ),
         (
             "download delay range",
             f"{profile.scenario.download_delay_min_ms}-{profile.scenario.download_delay_max_ms} ms",
         ),
     ]
+    if profile.kubernetes:  # the pods' side
+        pods = pods or profile.kubernetes.pods()
+        rows += [
+            ("API preStop pause / grace period", f"{_s(pods.pre_stop_s)} / {_s(pods.api_grace_s)}"),
+            (
+                "WORKER_DRAIN_S / worker grace period",
+                f"{_s(pods.worker_drain_s)} / {_s(pods.worker_grace_s)}",
+            ),
+            ("KEDA cooldown / scale-down window", f"{_s(pods.cooldown_s)} / {_s(pods.scale_down_window_s)}"),
+        ]
+    return rows
 
 
 def budget_table(profiles: list[Profile]) -> str:

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from service.proxy import budget, render
-from service.proxy.profiles import PROFILES_FILE, PROXY_DIR, Profile, ProfileError, load_profile
+from service.proxy import budget, kubernetes, render
+from service.proxy.profiles import PROFILES_FILE, PROXY_DIR, Pods, Profile, ProfileError, load_profile
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +29,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if name == "check":
             command.add_argument(
                 "--json", action="store_true", help="print the budget and findings as one JSON object"
+            )
+            command.add_argument(
+                "--manifests",
+                type=argparse.FileType("r"),
+                metavar="FILE",
+                help="Kubernetes profiles: judge the values these rendered objects carry "
+                "(`kubectl kustomize OVERLAY`, - for stdin) instead of the profile's",
             )
         if name == "render":
             command.add_argument(
@@ -49,14 +56,22 @@ def run(args: argparse.Namespace) -> int:
         for path in render.write(profile, args.out):
             print(f"wrote {path}")
         return 0
-    findings = budget.check(profile)
+    pods = None
+    if args.manifests:
+        try:
+            profile, pods = kubernetes.judged(profile, args.manifests.read())
+        except ValueError as exc:
+            print(f"delineate proxy check: {exc}", file=sys.stderr)
+            return 2
+    findings = budget.check(profile, pods)
     violations = sum(1 for finding in findings if finding.severity == "violation")
     if args.json:
-        print(json.dumps(_report(profile, findings, violations), indent=2))
+        print(json.dumps(_report(profile, pods, findings, violations), indent=2))
         return 1 if violations else 0
-    width = max(len(name) for name, _ in budget.budget_rows(profile))
+    rows = budget.budget_rows(profile, pods)
+    width = max(len(name) for name, _ in rows)
     print(f"profile {profile.name}: {profile.description}")
-    for name, value in budget.budget_rows(profile):
+    for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     for finding in findings:
         print(f"{finding.severity}: {finding.sentence}")
@@ -64,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
-def _report(profile: Profile, findings: list[budget.Finding], violations: int) -> dict[str, object]:
+def _report(
+    profile: Profile, pods: Pods | None, findings: list[budget.Finding], violations: int
+) -> dict[str, object]:
     """`check --json`: what the text output says, for CI jobs and scripts to read, plus the
     profile's raw numbers (the budget rows are display strings with units)."""
     return {
@@ -76,6 +93,6 @@ def _report(profile: Profile, findings: list[budget.Finding], violations: int) -
             {"severity": finding.severity, "rule": finding.rule, "sentence": finding.sentence}
             for finding in findings
         ],
-        "budget": [{"setting": name, "value": value} for name, value in budget.budget_rows(profile)],
+        "budget": [{"setting": name, "value": value} for name, value in budget.budget_rows(profile, pods)],
         "values": profile.model_dump(mode="json", exclude={"name", "description"}),
     }

@@ -11,6 +11,7 @@ package data, service/proxy/profiles.toml, which a test keeps byte-identical to 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -18,18 +19,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.settings import Settings
+from service.settings import API_SHUTDOWN_GRACE_S, Settings
 
-Target = Literal["nginx", "cloudflare", "alb"]
-_CHECKOUT = Path(__file__).resolve().parents[2]
+# nginx, Cloudflare and an ALB in front of hosts; ingress-nginx and the AWS Load Balancer
+# Controller's ALB in front of Kubernetes pods (deploy/kubernetes/, docs/kubernetes.md).
+Target = Literal["nginx", "cloudflare", "alb", "ingress-nginx", "aws-alb"]
+KUBERNETES_TARGETS: frozenset[str] = frozenset({"ingress-nginx", "aws-alb"})
+ALB_TARGETS: frozenset[str] = frozenset({"alb", "aws-alb"})
+NGINX_TARGETS: frozenset[str] = frozenset({"nginx", "ingress-nginx"})
+CHECKOUT = Path(__file__).resolve().parents[2]
 # The packaged copy: what an installed `delineate proxy` reads when there is no checkout.
 PACKAGED_PROFILES: Traversable = resources.files("service.proxy") / "profiles.toml"
 
 
 def _checkout_proxy_dir() -> Path | None:
     """The repo's proxy/ when this package runs from a checkout (editable install), else None."""
-    proxy = _CHECKOUT / "proxy"
-    if (_CHECKOUT / "pyproject.toml").is_file() and (proxy / "profiles.toml").is_file():
+    proxy = CHECKOUT / "proxy"
+    if (CHECKOUT / "pyproject.toml").is_file() and (proxy / "profiles.toml").is_file():
         return proxy
     return None
 
@@ -93,6 +99,59 @@ class Scenario(_Strict):
         return self
 
 
+# What Kubernetes adds after a pod's own shutdown before its SIGKILL: time for the process to
+# exit once its work is done (the worker's hand-back, uvicorn's lifespan end).
+KILL_MARGIN_S = 10
+
+
+class KubernetesBudget(_Strict):
+    """The pods' side of the budget (deploy/kubernetes/): how they stop and how workers scale.
+
+    The termination grace periods are derived, not set: each is the pod's own shutdown plus
+    KILL_MARGIN_S, so a SIGKILL never lands in the middle of a drain.
+    """
+
+    pre_stop_s: int = Field(
+        ge=1, le=120, description="the API pod's preStop pause: endpoints and the LB stop sending first"
+    )
+    worker_drain_s: int = Field(ge=0, description="WORKER_DRAIN_S of the worker pods")
+    scale_down_cooldown_s: int = Field(ge=0, description="KEDA cooldown and scale-down stabilisation")
+    min_workers: int = Field(1, ge=0)
+    max_workers: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KubernetesBudget:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+    def pods(self) -> Pods:
+        """The values the manifests carry, derived from this budget (what render writes)."""
+        return Pods(
+            pre_stop_s=self.pre_stop_s,
+            # preStop, then uvicorn's graceful stop, then the margin
+            api_grace_s=self.pre_stop_s + API_SHUTDOWN_GRACE_S + KILL_MARGIN_S,
+            worker_drain_s=self.worker_drain_s,
+            # the whole drain, then the hand-back
+            worker_grace_s=self.worker_drain_s + KILL_MARGIN_S,
+            cooldown_s=self.scale_down_cooldown_s,
+            scale_down_window_s=self.scale_down_cooldown_s,
+        )
+
+
+@dataclass(frozen=True)
+class Pods:
+    """How the pods stop and scale, as the manifests say it: derived by KubernetesBudget.pods()
+    for render, read back from rendered manifests by service/proxy/kubernetes.py for check."""
+
+    pre_stop_s: int  # the API container's preStop sleep
+    api_grace_s: int  # the API pod's terminationGracePeriodSeconds
+    worker_drain_s: int  # WORKER_DRAIN_S in the worker container's environment
+    worker_grace_s: int  # the worker pod's terminationGracePeriodSeconds
+    cooldown_s: int  # the ScaledObject's cooldownPeriod (scale to its minimum)
+    scale_down_window_s: int  # the HPA's scale-down stabilizationWindowSeconds
+
+
 class Profile(_Strict):
     name: str
     description: str
@@ -100,11 +159,26 @@ class Profile(_Strict):
     proxy: ProxyBudget
     app: AppBudget
     scenario: Scenario
+    kubernetes: KubernetesBudget | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_targets_have_pods(self) -> Profile:
+        """An Ingress target needs the pods' budget; a host target has no pods to describe."""
+        on_kubernetes = {target in KUBERNETES_TARGETS for target in self.targets}
+        if len(on_kubernetes) > 1:
+            raise ValueError("targets mix Kubernetes Ingresses with host proxies")
+        if on_kubernetes == {True} and self.kubernetes is None:
+            raise ValueError(f"targets {self.targets} need a [{self.name}.kubernetes] section")
+        if on_kubernetes == {False} and self.kubernetes is not None:
+            raise ValueError("a [kubernetes] section needs an ingress-nginx or aws-alb target")
+        return self
 
     @model_validator(mode="after")
     def _valid_service_settings(self) -> Profile:
         """The app part must be settings the service accepts, or the budget is fiction."""
         Settings(**{name.lower(): value for name, value in self.app_env().items()})
+        if self.kubernetes:
+            Settings(worker_drain_s=self.kubernetes.worker_drain_s)
         return self
 
     def app_env(self) -> dict[str, str]:

@@ -139,9 +139,15 @@ FILES: dict[str, dict[str, Callable[[Profile], str]]] = {
 
 def render(profile: Profile) -> dict[str, str]:
     """Every file of the profile's targets, keyed by its path under the output directory."""
+    from service.proxy import kubernetes  # it renders with this module's helpers
+
     files: dict[str, str] = {}
     for target in profile.targets:
-        files.update({path: make(profile) for path, make in FILES[target].items()})
+        if target in FILES:
+            files.update({path: make(profile) for path, make in FILES[target].items()})
+        else:
+            files.update({path: make(profile) for path, make in kubernetes.overlay_files(target).items()})
+            files.update(kubernetes.monitoring_files())
     return files
 
 
