@@ -18,12 +18,15 @@ LARGE_FILE_ID = 99_991
 LARGE_FILE_BYTES = 9 * 1024 * 1024 + 123
 
 
+MISSING_BINARY = " is not installed (.ci/run installs it)"  # tests/skips.py finds skips by it
+
+
 def require_binary(name: str) -> str:
     """The binary's path; a missing one skips on a laptop but fails in CI (CI=true)."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path:
         return path
-    message = f"{name} is not installed (.ci/run installs it)"
+    message = name + MISSING_BINARY
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
