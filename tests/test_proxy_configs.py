@@ -105,6 +105,58 @@ def test_cloudformation_template_lints_and_carries_the_alb_budget():
     }
 
 
+def test_alb_template_redirects_logs_alarms_and_hands_out_the_target_group():
+    """What an SRE adopting the ALB needs besides the budget: HTTP->HTTPS with a certificate,
+    access logs to S3, alarms on the ALB's own 5XX/504 and the response time, and the security
+    group the targets run with."""
+    profile = load_profile("alb")
+    template = cfn_yaml.loads((PROXY_DIR / "alb/alb.yaml").read_text())
+    resources = template["Resources"]
+
+    (action,) = resources["HttpListener"]["Properties"]["DefaultActions"]
+    condition, with_certificate, without = action["Fn::If"]
+    assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CertificateArn"}, ""]}]}
+    assert with_certificate["Type"] == "redirect"
+    assert with_certificate["RedirectConfig"] == {
+        "Protocol": "HTTPS",
+        "Port": "443",
+        "Host": "#{host}",
+        "Path": "/#{path}",
+        "Query": "#{query}",
+        "StatusCode": "HTTP_301",
+    }
+    assert without == {"Type": "forward", "TargetGroupArn": {"Ref": "TargetGroup"}}
+    assert resources["HttpsListener"]["Condition"] == condition
+
+    lb = {a["Key"]: a["Value"] for a in resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
+    assert lb["access_logs.s3.enabled"] == {"Fn::If": ["HasAccessLogBucket", "true", "false"]}
+    assert lb["access_logs.s3.bucket"]["Fn::If"][1] == {"Ref": "AccessLogBucket"}
+
+    alarms = {
+        r["Properties"]["MetricName"]: r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert set(alarms) == {"HTTPCode_ELB_5XX_Count", "HTTPCode_ELB_504_Count", "TargetResponseTime"}
+    for alarm in alarms.values():
+        assert alarm["Namespace"] == "AWS/ApplicationELB"
+        assert alarm["Dimensions"] == [
+            {"Name": "LoadBalancer", "Value": {"Fn::GetAtt": ["LoadBalancer", "LoadBalancerFullName"]}}
+        ]
+        assert alarm["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
+    assert alarms["HTTPCode_ELB_504_Count"]["Threshold"] == 1, "any 504 from the ALB breaks the budget"
+    assert alarms["TargetResponseTime"]["ExtendedStatistic"] == "p99"
+    assert alarms["TargetResponseTime"]["Threshold"] == profile.app.request_timeout_ms / 1000
+
+    targets = resources["TargetSecurityGroup"]["Properties"]
+    (ingress,) = targets["SecurityGroupIngress"]
+    assert (
+        ingress["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"} and "CidrIp" not in ingress
+    )
+    assert ingress["FromPort"] == ingress["ToPort"] == {"Ref": "TargetPort"}
+    assert template["Outputs"]["TargetSecurityGroupId"]["Value"] == {"Ref": "TargetSecurityGroup"}
+
+
 def test_nginx_conf_carries_the_stream_and_upstream_settings():
     text = render.nginx_conf(load_profile("nginx"))
     stream = text.split("location /v1/download/stream/ {", 1)[1].split("}", 1)[0]

@@ -163,7 +163,12 @@ def alb_cloudformation(profile: Profile) -> str:
         health_interval=interval,
         health_timeout=min(5, interval - 1),
         target_port=proxy.upstreams[0].rsplit(":", 1)[-1],
+        response_time_threshold=_plain_seconds(profile.app.request_timeout_ms / 1000),
     )
+
+
+def _plain_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 def alb_emulation_cfg(profile: Profile) -> str:
