@@ -11,7 +11,8 @@ from collections import defaultdict
 
 import pytest
 
-from tests.support import MISSING_BINARY
+# The tail of require_binary's skip message (tests/support.py): how the summary finds those skips.
+MISSING_BINARY = " is not installed (.ci/run installs it)"
 
 
 def missing_binaries(reports: list[pytest.TestReport]) -> dict[str, set[str]]:

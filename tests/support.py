@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 
 from service import harness
+from tests.skips import MISSING_BINARY
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs, docs and scripts the tests read
 TEST_BUCKET = "delineate-test"
 # Seeded in the test bucket: the ten demo ids plus one large object for the multipart zip.
 LARGE_FILE_ID = 99_991
 LARGE_FILE_BYTES = 9 * 1024 * 1024 + 123
-
-
-MISSING_BINARY = " is not installed (.ci/run installs it)"  # tests/skips.py finds skips by it
 
 
 def require_binary(name: str) -> str:
