@@ -37,6 +37,7 @@ from locust.runners import WorkerRunner
 
 import proxylimit
 import report
+import s3link
 import thresholds
 from receiver import WebhookReceiver
 from tracker import JobTracker
@@ -67,6 +68,7 @@ class Run:
     slow_files: int = 5
     follow_limit_s: float = 600.0
     webhook_wait_s: float = 30.0
+    s3_address: str = ""  # host:port to send presigned S3 requests to (their Host kept)
     tracker: JobTracker = field(default_factory=JobTracker)
     receiver: WebhookReceiver | None = None
     sampler: Any = None
@@ -168,8 +170,9 @@ class ApiUser(HttpUser):
         response, ok = self.call("GET", f"/v1/download/{job_id}/file", FILE, (302,), allow_redirects=False)
         if ok and fetch:
             # straight to S3, as a browser following the redirect: not through the proxy
+            url, headers = s3link.presigned_request(response.headers["Location"], RUN.s3_address)
             with self.client.get(
-                response.headers["Location"], name="S3 presigned object", catch_response=True, timeout=30
+                url, headers=headers, name="S3 presigned object", catch_response=True, timeout=30
             ) as got:
                 if got.status_code != 200 or not got.content.startswith(b"PK"):
                     got.failure(f"S3 answered {got.status_code}")
@@ -354,6 +357,9 @@ def add_arguments(parser: Any) -> None:
         "--webhook-wait-s", type=float, default=30.0, help="wait for a callback before polling"
     )
     group.add_argument("--report-dir", default="loadtest/results", help="where report.md/png go")
+    group.add_argument(
+        "--s3-address", default="", help="host:port to fetch presigned links from, keeping their Host"
+    )
 
 
 @events.init.add_listener
@@ -366,6 +372,7 @@ def configure(environment: Any, **_: Any) -> None:
     RUN.slow_files = options.slow_files
     RUN.follow_limit_s = options.follow_limit_s
     RUN.webhook_wait_s = options.webhook_wait_s
+    RUN.s3_address = options.s3_address
     weights = parse_pairs(options.weights)
     unknown = set(weights) - {cls.key for cls in USER_CLASSES}
     if unknown:

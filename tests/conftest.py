@@ -16,6 +16,7 @@ import pytest
 
 from service import harness
 from service.harness import Stack, running_stack
+from tests.skips import pytest_terminal_summary  # noqa: F401  (a hook: pytest finds it by name)
 from tests.support import LARGE_FILE_BYTES, LARGE_FILE_ID, TEST_BUCKET, base_env
 from tests.tracing import OtlpReceiver, running_receiver
 

@@ -59,10 +59,15 @@ def shipped_jobs() -> list[str]:
 
 
 def queries(values: dict[str, str] | None = None) -> list[tuple[str, dict, dict, str]]:
-    """(dashboard stem, panel, target, expanded expr) for every Prometheus target."""
+    """(dashboard stem, panel, target, expanded expr) for every Prometheus target, annotation
+    queries included (as a panel titled after the annotation, refId "annotation")."""
     found = []
     for stem, dashboard in dashboards().items():
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
                 found.append((stem, panel, target, expand(target["expr"], dashboard, values)))
+        for annotation in dashboard["annotations"]["list"]:
+            where = {"title": f"annotation {annotation['name']}"}
+            target = {"refId": "annotation", "expr": annotation["expr"]}
+            found.append((stem, where, target, expand(annotation["expr"], dashboard, values)))
     return found

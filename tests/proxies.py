@@ -4,6 +4,7 @@
 `proxy_factory(...)(kind, **env)` starts a private API + worker with the profile's app settings (plus
 overrides) and the chosen proxy in front of it; `follow_stream` reads an SSE stream and
 reports a cut instead of raising, because a cut stream is an outcome the tests assert on.
+`running_mtail` reads nginx's access log over syslog as the compose stack's nginx-metrics does.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from service import harness
 from service.harness import Proc, Stack, spawn
 from service.proxy import render
 from service.proxy.profiles import Profile, load_profile
 from tests import sse
-from tests.support import require_binary
+from tests.support import ROOT, require_binary
 
 KINDS = ("nginx", "cloudflare", "alb")
 TIMEOUT_STATUS = {"nginx": 504, "cloudflare": 524, "alb": 504}
@@ -172,3 +174,42 @@ def wait_for_workers(stack: Stack, count: int, timeout_s: float = 30) -> None:
         harness.wait_until(lambda: Worker.count(connection=conn) == count, timeout_s, "rq workers")
     finally:
         conn.close()
+
+
+def mtail_counts(url: str) -> dict[str, float]:
+    """status -> delineate_nginx_responses_total from mtail's /metrics."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text)
+    return {
+        sample.labels["status"]: sample.value
+        for family in families
+        if family.name == "delineate_nginx_responses"
+        for sample in family.samples
+        if sample.name == "delineate_nginx_responses_total"
+    }
+
+
+@contextlib.contextmanager
+def running_mtail(home: Path) -> Iterator[tuple[str, str]]:
+    """mtail with the shipped program, reading syslog lines on UDP: (syslog address, metrics URL)."""
+    syslog, metrics = harness.free_port(), harness.free_port()
+    args = [
+        require_binary("mtail"),
+        "--progs",
+        str(ROOT / "observability/mtail"),
+        "--logs",
+        f"udp://127.0.0.1:{syslog}",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(metrics),
+        "--logtostderr",
+    ]
+    proc = harness.spawn("mtail", args, {}, home / "logs")
+    url = f"http://127.0.0.1:{metrics}"
+    try:
+        harness.wait_until(
+            lambda: httpx.get(f"{url}/metrics", timeout=1).is_success, 15, "mtail", proc.process
+        )
+        yield f"127.0.0.1:{syslog}", url
+    finally:
+        proc.stop(5)

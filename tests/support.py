@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import harness
+from tests.skips import MISSING_BINARY
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs, docs and scripts the tests read
 TEST_BUCKET = "delineate-test"
@@ -23,7 +24,7 @@ def require_binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path:
         return path
-    message = f"{name} is not installed (.ci/run installs it)"
+    message = name + MISSING_BINARY
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -399,16 +400,16 @@ def test_compose_budget_is_the_nginx_profile_the_load_test_assumes():
     compose_profile = load_profile(COMPOSE_PROFILE, DEPLOY / "profiles.toml")
     locust = services()["locust"]["command"]
     assumed = load_profile(flag(locust, "--proxy-profile"))
-    ours = compose_profile.proxy.model_dump(exclude={"upstreams"})
-    assert ours == assumed.proxy.model_dump(exclude={"upstreams"})
+    wiring = {"upstreams", "resolver", "resolver_valid_s", "access_log_syslog"}  # addresses, not budget
+    ours = compose_profile.proxy.model_dump(exclude=wiring)
+    assert ours == assumed.proxy.model_dump(exclude=wiring)
     assert flag(locust, "-H").endswith(f":{next(iter(published(services()['nginx'])))}")
 
 
 def test_nginx_upstreams_and_listen_match_the_services():
     text = nginx_conf().read_text()
-    upstream = text.split("upstream delineate_api {", 1)[1].split("}", 1)[0]
-    servers = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", upstream, flags=re.M)
-    assert servers, "no upstream servers"
+    servers = re.findall(r"^\s*set \$delineate_upstream ([\w.-]+):(\d+);", text, flags=re.M)
+    assert len(servers) == 1, "the upstream is one name, looked up at request time"
     for host, port in servers:
         assert host in services(), f"upstream {host} is not a compose service"
         assert int(effective_env(services()[host])["PORT"]) == int(port)
@@ -416,6 +417,102 @@ def test_nginx_upstreams_and_listen_match_the_services():
     nginx = services()["nginx"]
     assert listen in published(nginx).values()
     assert f"127.0.0.1:{listen}/" in " ".join(nginx["healthcheck"]["test"])
+
+
+def test_nginx_looks_the_api_up_again_at_docker_s_dns():
+    """A name resolved once at start answers 502 after `docker compose up` recreates the API
+    (tests/test_nginx_edge.py proves the rendered form re-resolves on a real nginx)."""
+    text = nginx_conf().read_text()
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=\d+s ipv6=off;", text, flags=re.M), "Docker's DNS"
+    passes = re.findall(r"^\s*proxy_pass (\S+);", text, flags=re.M)
+    assert passes and set(passes) == {"http://$delineate_upstream"}, passes
+    assert "upstream delineate_api" not in text, "an upstream group is resolved once"
+
+
+def service_address(name: str) -> ipaddress.IPv4Address:
+    """A service's fixed address on the compose network, outside the range Docker hands out."""
+    address = ipaddress.ip_address(services()[name]["networks"]["default"]["ipv4_address"])
+    config = compose()["networks"]["default"]["ipam"]["config"][0]
+    assert address in ipaddress.ip_network(config["subnet"]), name
+    assert address not in ipaddress.ip_network(config["ip_range"]), f"{name}'s address could be handed out"
+    return address
+
+
+def test_nginx_logs_to_the_nginx_metrics_service_which_prometheus_scrapes():
+    """nginx resolves a syslog server once, at start: the exporter has a fixed address."""
+    target = re.search(r"access_log syslog:server=([\d.]+):(\d+),", nginx_conf().read_text())
+    assert target, "nginx sends no copy of its access log"
+    exporter = services()["nginx-metrics"]
+    assert ipaddress.ip_address(target.group(1)) == service_address("nginx-metrics")
+    assert service_address("nginx-metrics") != service_address("nginx")
+    command = exporter["command"]
+    assert flag(command, "--logs") == f"udp://0.0.0.0:{target.group(2)}"
+    programs = host_path(exporter, flag(command, "--progs"))
+    assert programs == ROOT / "observability/mtail" and (programs / "nginx.mtail").is_file()
+    dockerfile = ROOT / exporter["build"]["context"] / "Dockerfile"
+    installed = re.search(r"mtail=(\S+)", dockerfile.read_text())
+    assert installed, "the image pins the mtail the tests run"
+    port = int(flag(command, "--port"))
+    assert port in container_ports(exporter)
+    config, _ = prometheus_config()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert scrape_targets(jobs["delineate-nginx"]) == [("nginx-metrics", port)]
+
+
+def test_prometheus_alerts_reach_alertmanager_which_routes_them_to_the_receiver():
+    config, _ = prometheus_config()
+    (manager,) = [t for group in config["alerting"]["alertmanagers"] for t in group["static_configs"]]
+    host, _, port = manager["targets"][0].rpartition(":")
+    assert int(port) in container_ports(services()[host]) and host == "alertmanager"
+    assert services()["prometheus"]["depends_on"][host]["condition"] == "service_healthy"
+    alertmanager = services()["alertmanager"]
+    routing_file = host_path(alertmanager, flag(alertmanager["command"], "--config.file"))
+    routing = yaml.safe_load(routing_file.read_text())
+    receivers = {receiver["name"]: receiver for receiver in routing["receivers"]}
+
+    def routed(route: dict[str, Any]) -> set[str]:
+        return {route["receiver"], *(name for child in route.get("routes", []) for name in routed(child))}
+
+    assert routed(routing["route"]) <= set(receivers), "a route names an undefined receiver"
+    for receiver in receivers.values():
+        for hook in receiver.get("webhook_configs", []):
+            url = urlsplit(hook["url"])
+            assert url.hostname in services(), f"{receiver['name']} posts to {url.hostname}"
+            assert url.port in container_ports(services()[url.hostname])
+            assert int(effective_env(services()[url.hostname])["PORT"]) == url.port
+            assert alertmanager["depends_on"][url.hostname]["condition"] == "service_healthy"
+
+
+def test_the_alert_receiver_prints_each_alert_alertmanager_posts(tmp_path):
+    receiver = services()["alert-receiver"]
+    script = host_path(receiver, receiver["command"][-1])
+    port = harness.free_port()
+    proc = harness.spawn("receiver", [sys.executable, str(script)], {"PORT": str(port)}, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = receiver["healthcheck"]["test"][-1].replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        probe = [sys.executable, "-c", health]
+        harness.wait_until(
+            lambda: subprocess.run(probe, capture_output=True, check=False).returncode == 0, 10, "receiver"
+        )
+        notification = {  # Alertmanager's webhook payload (version 4), as it posts it
+            "version": "4",
+            "status": "firing",
+            "receiver": "local",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "DelineateNoWorkers", "severity": "page"},
+                    "annotations": {"summary": "no worker is running", "runbook_url": "https://x/r.md"},
+                }
+            ],
+        }
+        assert httpx.post(f"{url}/alerts", json=notification, timeout=5).status_code == 200
+        assert httpx.post(f"{url}/alerts", content=b"not json", timeout=5).status_code == 400
+        harness.wait_until(lambda: "FIRING DelineateNoWorkers severity=page" in proc.output(), 10, "the line")
+        assert "runbook=https://x/r.md" in proc.output()
+    finally:
+        proc.stop(5, exit_codes={0, -15})
 
 
 def test_nginx_accepts_the_compose_config(tmp_path):
@@ -569,6 +666,12 @@ def test_locust_runs_the_repo_locustfile_against_nginx_under_a_profile():
     locust = services()["locust"]
     assert locust["profiles"] == ["loadtest"]
     command = locust["command"]
+    assert "network_mode" not in locust, "Docker Desktop has no host network: use the compose network"
+    target = urlsplit(flag(command, "-H"))
+    assert target.hostname == "nginx" and target.port in container_ports(services()["nginx"])
+    s3_host, _, s3_port = flag(command, "--s3-address").rpartition(":")
+    s3 = urlsplit(effective_env(services()["api"])["S3_ENDPOINT"])
+    assert (s3_host, int(s3_port)) == (s3.hostname, s3.port), "locust fetches links from MinIO itself"
     assert (ROOT / flag(command, "-f")).exists()
     assert locust["depends_on"]["nginx"]["condition"] == "service_healthy"
     assert "webhook=0" in flag(command, "--weights"), "the locustfile's receiver is unreachable from workers"

@@ -10,11 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from loadtest import proxylimit
+from loadtest import proxylimit, s3link
+from service import harness
+from service.settings import load_settings
+from service.storage.s3 import make_client
 from tests.hooks import WEBHOOKS
-from tests.support import ROOT
+from tests.support import ROOT, TEST_BUCKET
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 REPORT_FILES = ("locust_stats.csv", "locust_stats_history.csv", "locust.html", "report.md", "report.png")
@@ -140,3 +144,26 @@ def test_profiles_load_from_either_toml_layout_and_the_flag_wins(tmp_path):
     assert proxylimit.load("nginx", path=flat).timeout_s == 45.0
     assert proxylimit.load("alb", 3.5, path=flat).timeout_s == 3.5
     assert proxylimit.load(None, path=tmp_path / "missing.toml").timeout_s == proxylimit.FALLBACK_TIMEOUT_S
+
+
+def test_a_presigned_link_fetched_through_another_address_keeps_its_signature(s3_server):
+    """compose's locust reaches MinIO as minio:9000 while links name localhost:9000 (the
+    browser's S3_PUBLIC_ENDPOINT): the request goes to the reachable address with the link's Host."""
+    port = s3_server.url.rsplit(":", 1)[1]
+    settings = load_settings(
+        s3_endpoint=s3_server.url,
+        s3_public_endpoint=f"http://localhost:{port}",
+        s3_access_key_id=harness.DEV_ACCESS_KEY,
+        s3_secret_access_key=harness.DEV_SECRET_KEY,
+        s3_force_path_style=True,
+    )
+    public = make_client(settings, public=True)  # as the API signs its links
+    link = public.generate_presigned_url(
+        "get_object", Params={"Bucket": TEST_BUCKET, "Key": "downloads/70000.zip"}, ExpiresIn=60
+    )
+    url, headers = s3link.presigned_request(link, f"127.0.0.1:{port}")
+    assert url.startswith(f"http://127.0.0.1:{port}/") and headers == {"Host": f"localhost:{port}"}
+    got = httpx.get(url, headers=headers, timeout=10)
+    assert got.status_code == 200 and got.content.startswith(b"PK")
+    assert httpx.get(url, timeout=10).status_code == 403, "the signature covers Host: it must be kept"
+    assert s3link.presigned_request(link) == (link, {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -23,6 +25,7 @@ def worker_stack(make_stack, **env: str):
 @pytest.mark.slow
 def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tmp_path):
     # An operator-set directory reaches both processes: only the API may use it.
+    before = time.time()
     stack, worker_url = worker_stack(
         make_stack, API_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "mp")
     )
@@ -52,6 +55,10 @@ def test_api_metrics_merge_processes_and_label_routes_by_template(make_stack, tm
     assert value(scrape(worker_url), "delineate_jobs_started_total") == 1
     assert value(api, "delineate_jobs_started_total") == 0
     assert list((tmp_path / "mp").glob("*.db")), "the API did not use the directory it was given"
+    # restart/deploy annotations: one series, the newest live process's start (API and worker)
+    starts = [v for (name, _), v in api.items() if name == "delineate_process_start_time_seconds"]
+    assert len(starts) == 1 and before <= starts[0] <= time.time()
+    assert before <= value(scrape(worker_url), "delineate_process_start_time_seconds") <= time.time()
 
 
 @pytest.mark.slow

@@ -136,3 +136,17 @@ def test_no_panel_reads_days_of_raw_samples():
                 assert not re.search(r"\[\d+[dwy]\]", target["expr"]), (name, panel["title"])
     budgets = [p for p in dashboards()["slo-burn"]["panels"] if "budget left" in p["title"]]
     assert len(budgets) == 2 and all("_rate30d" in p["targets"][0]["expr"] for p in budgets)
+
+
+def test_every_dashboard_marks_restarts_and_deploys():
+    """One annotation per process start, placed at the start time itself (the series value), so
+    a latency step or an error burst can be laid against the deploy that caused it."""
+    for name, dashboard in dashboards().items():
+        (annotation,) = dashboard["annotations"]["list"]
+        assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+        assert annotation["enable"] and annotation["useValueForTime"], name
+        assert re.fullmatch(
+            r"max by \(job, instance\) \(delineate_process_start_time_seconds(\{job=~\"\$job\"\})?\) \* 1000",
+            annotation["expr"],
+        ), (name, annotation["expr"])
+        assert ("{job=~" in annotation["expr"]) == ("job" in variables(dashboard)), name

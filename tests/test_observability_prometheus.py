@@ -11,6 +11,7 @@ import math
 import re
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,11 @@ import pytest
 import yaml
 
 from service import harness
+from service.proxy.profiles import load_profile
 from tests.dashboards import all_of, dashboards, queries, shipped_jobs, variables
 from tests.hooks import WEBHOOKS, Receiver
 from tests.jobs import initiate, initiate_json, wait_for
+from tests.proxies import running_mtail, start_proxy
 from tests.support import ROOT, require_binary
 from tests.tracing import running_receiver, traced_env
 
@@ -43,12 +46,14 @@ def rule_queries(kind: str) -> list[tuple[str, str]]:
     return [(f"{name}: {rule[kind]}", rule["expr"]) for group in groups for rule in group["rules"]]
 
 
-def prometheus_config(api: str, worker: str, path: Path) -> Path:
-    """The repository's prometheus.yml with this test's targets and a 1 s rhythm."""
+def prometheus_config(api: str, worker: str, nginx: str, path: Path) -> Path:
+    """The repository's prometheus.yml with this test's targets and a 1 s rhythm (no Alertmanager:
+    alerts are judged by their expressions here, their routing by tests/test_compose.py)."""
     config = yaml.safe_load((OBSERVABILITY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(OBSERVABILITY / "prometheus" / rule) for rule in config["rule_files"]]
-    targets = {"delineate-api": api, "delineate-worker": worker}
+    config.pop("alerting")
+    targets = {"delineate-api": api, "delineate-worker": worker, "delineate-nginx": nginx}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     path.write_text(yaml.safe_dump(config))
@@ -103,10 +108,10 @@ class Prometheus:
 def prometheus_factory(tmp_path: Path):
     procs = []
 
-    def start(api: str, worker: str) -> Prometheus:
+    def start(api: str, worker: str, nginx: str) -> Prometheus:
         binary = require_binary("prometheus")
         port = harness.free_port()
-        config = prometheus_config(api, worker, tmp_path / "prometheus.yml")
+        config = prometheus_config(api, worker, nginx, tmp_path / "prometheus.yml")
         args = [
             binary,
             f"--config.file={config}",
@@ -129,11 +134,11 @@ def prometheus_factory(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prometheus_factory):
+def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prometheus_factory, tmp_path):
     worker_port = harness.free_port()
     hook, broken_hook = Receiver(), Receiver()
     broken_hook.default = 500  # its deliveries give up: the webhook failure series move
-    with running_receiver() as otlp:
+    with running_receiver() as otlp, running_mtail(tmp_path) as (syslog, mtail), ExitStack() as stops:
         stack = make_stack(
             API_WORKERS="2",
             WORKER_METRICS_PORT=str(worker_port),
@@ -148,9 +153,15 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
             **WEBHOOKS,
             **traced_env(otlp),
         )
-        prometheus = prometheus_factory(stack.url.removeprefix("http://"), f"127.0.0.1:{worker_port}")
-        # Traffic only once both targets have a first sample: counters must be seen to move.
-        prometheus.wait_until('count(up{job=~"delineate-api|delineate-worker"} == 1)', lambda v: v == 2)
+        # nginx in front, its log counted by mtail as in compose: the legacy call goes through it.
+        nginx_profile = load_profile("test").with_proxy(access_log_syslog=syslog)
+        nginx = start_proxy("nginx", nginx_profile, stack.url.removeprefix("http://"), tmp_path)
+        stops.callback(nginx.proc.stop, 5)
+        prometheus = prometheus_factory(
+            stack.url.removeprefix("http://"), f"127.0.0.1:{worker_port}", mtail.removeprefix("http://")
+        )
+        # Traffic only once every target has a first sample: counters must be seen to move.
+        prometheus.wait_until('count(up{job=~"delineate-.+"} == 1)', lambda v: v == 3)
 
         addresses = (f"198.51.100.{n % 250}" for n in itertools.count(1))
 
@@ -167,7 +178,8 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
             }
             cancelled = initiate(client, [70014])
             assert client.delete(f"/v1/download/{cancelled}").status_code == 200
-            legacy = client.post("/v1/download/start", json={"file_id": 70000})
+            with nginx.client() as through_nginx:  # the API's 504, passed on (and logged) by nginx
+                legacy = through_nginx.post("/v1/download/start", json={"file_id": 70000})
             assert legacy.status_code == 504, legacy.text
             flooder = {"X-Forwarded-For": f"203.0.113.{round_no}"}
             flood = [client.get("/", headers=flooder).status_code for _ in range(12)]
@@ -191,12 +203,14 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
             first = scenario(client, 1)
             prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="failed"})', lambda v: v == 1)
             prometheus.wait_until('sum(delineate_http_server_errors_total{status="504"})', lambda v: v == 1)
+            prometheus.wait_until('sum(delineate_nginx_responses_total{status="504"})', lambda v: v == 1)
             done = scenario(client, 2)
 
         # Prometheus has the final state of both processes and has evaluated the rules.
         prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="completed"})', lambda v: v == 4)
         prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="failed"})', lambda v: v == 2)
         prometheus.wait_until('sum(delineate_http_server_errors_total{status="504"})', lambda v: v == 2)
+        prometheus.wait_until('sum(delineate_nginx_responses_total{status="504"})', lambda v: v == 2)
         prometheus.wait_until("sum(delineate_rate_limit_rejections_total)", lambda v: v == sum(rejected))
         prometheus.wait_until("sum(delineate_jobs_cancelled_total)", lambda v: v == 2)
         prometheus.wait_until('sum(delineate_jobs_finished_total{outcome="cancelled"})', lambda v: v == 2)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import hcl2
 import pytest
 from cfnlint.decode import cfn_yaml
 
@@ -103,6 +105,58 @@ def test_cloudformation_template_lints_and_carries_the_alb_budget():
     }
 
 
+def test_alb_template_redirects_logs_alarms_and_hands_out_the_target_group():
+    """What an SRE adopting the ALB needs besides the budget: HTTP->HTTPS with a certificate,
+    access logs to S3, alarms on the ALB's own 5XX/504 and the response time, and the security
+    group the targets run with."""
+    profile = load_profile("alb")
+    template = cfn_yaml.loads((PROXY_DIR / "alb/alb.yaml").read_text())
+    resources = template["Resources"]
+
+    (action,) = resources["HttpListener"]["Properties"]["DefaultActions"]
+    condition, with_certificate, without = action["Fn::If"]
+    assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CertificateArn"}, ""]}]}
+    assert with_certificate["Type"] == "redirect"
+    assert with_certificate["RedirectConfig"] == {
+        "Protocol": "HTTPS",
+        "Port": "443",
+        "Host": "#{host}",
+        "Path": "/#{path}",
+        "Query": "#{query}",
+        "StatusCode": "HTTP_301",
+    }
+    assert without == {"Type": "forward", "TargetGroupArn": {"Ref": "TargetGroup"}}
+    assert resources["HttpsListener"]["Condition"] == condition
+
+    lb = {a["Key"]: a["Value"] for a in resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
+    assert lb["access_logs.s3.enabled"] == {"Fn::If": ["HasAccessLogBucket", "true", "false"]}
+    assert lb["access_logs.s3.bucket"]["Fn::If"][1] == {"Ref": "AccessLogBucket"}
+
+    alarms = {
+        r["Properties"]["MetricName"]: r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert set(alarms) == {"HTTPCode_ELB_5XX_Count", "HTTPCode_ELB_504_Count", "TargetResponseTime"}
+    for alarm in alarms.values():
+        assert alarm["Namespace"] == "AWS/ApplicationELB"
+        assert alarm["Dimensions"] == [
+            {"Name": "LoadBalancer", "Value": {"Fn::GetAtt": ["LoadBalancer", "LoadBalancerFullName"]}}
+        ]
+        assert alarm["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
+    assert alarms["HTTPCode_ELB_504_Count"]["Threshold"] == 1, "any 504 from the ALB breaks the budget"
+    assert alarms["TargetResponseTime"]["ExtendedStatistic"] == "p99"
+    assert alarms["TargetResponseTime"]["Threshold"] == profile.app.request_timeout_ms / 1000
+
+    targets = resources["TargetSecurityGroup"]["Properties"]
+    (ingress,) = targets["SecurityGroupIngress"]
+    assert (
+        ingress["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"} and "CidrIp" not in ingress
+    )
+    assert ingress["FromPort"] == ingress["ToPort"] == {"Ref": "TargetPort"}
+    assert template["Outputs"]["TargetSecurityGroupId"]["Value"] == {"Ref": "TargetSecurityGroup"}
+
+
 def test_nginx_conf_carries_the_stream_and_upstream_settings():
     text = render.nginx_conf(load_profile("nginx"))
     stream = text.split("location /v1/download/stream/ {", 1)[1].split("}", 1)[0]
@@ -117,11 +171,69 @@ def test_nginx_conf_carries_the_stream_and_upstream_settings():
     assert "limit_req" not in render.nginx_conf(load_profile("test")).split("server {", 1)[1]
 
 
-def test_cloudflare_terraform_carries_the_read_timeout_and_bypasses():
+def terraform_resources(document: dict) -> dict[tuple[str, str], dict]:
+    """(type, name) -> body of every resource in a python-hcl2 document (labels unquoted)."""
+    return {
+        (kind.strip('"'), name.strip('"')): body
+        for item in document["resource"]
+        for kind, named in item.items()
+        for name, body in named.items()
+    }
+
+
+def nested_blocks(body: dict, where: str = "") -> list[str]:
+    """Paths of blocks nested in a resource body: v5 takes attributes (`x = {...}`) instead."""
+    found = []
+    for key, value in body.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                if item.get("__is_block__"):
+                    found.append(f"{where}{key}")
+                found += nested_blocks(item, f"{where}{key}.")
+    return found
+
+
+def test_cloudflare_terraform_is_provider_v5_with_the_profile_s_timeout():
+    """Parsed HCL (terraform validate cannot download the provider here): v5's resources and
+    attribute syntax, and the numbers and paths of the `cloudflare` profile."""
+    profile = load_profile("cloudflare")
     text = (PROXY_DIR / "cloudflare/main.tf").read_text()
-    assert "default     = 100\n" in text
-    assert 'phase       = "http_request_cache_settings"' in text and "cache = false" in text
-    assert "/v1/download/stream/" in text and 'name = "none"' in text
+    document = hcl2.loads(text, serialization_options=hcl2.SerializationOptions(strip_string_quotes=True))
+    provider = document["terraform"][0]["required_providers"][0]["cloudflare"]
+    assert provider["source"] == "cloudflare/cloudflare"
+    assert re.fullmatch(r"~> 5\.\d+", provider["version"]), provider["version"]
+    resources = terraform_resources(document)
+    assert {kind for kind, _ in resources} == {"cloudflare_zone_setting", "cloudflare_ruleset"}, (
+        "v5 removed cloudflare_zone_settings_override: one cloudflare_zone_setting per setting"
+    )
+    for (kind, name), body in resources.items():
+        assert not nested_blocks(body), (
+            f"{kind}.{name}: v5 takes attributes, not blocks {nested_blocks(body)}"
+        )
+
+    variables = {name.strip('"'): body for item in document["variable"] for name, body in item.items()}
+    assert variables["proxy_read_timeout_s"]["default"] == profile.proxy.read_timeout_s
+    settings = {
+        body["setting_id"]: body for (kind, _), body in resources.items() if kind == "cloudflare_zone_setting"
+    }
+    assert settings["proxy_read_timeout"]["value"] == "${var.proxy_read_timeout_s}"
+    assert settings["response_buffering"]["value"] == "off"
+    assert all(body["count"] == "${var.enterprise_plan ? 1 : 0}" for body in settings.values()), (
+        "Enterprise only"
+    )
+
+    rulesets = {body["phase"]: body for (kind, _), body in resources.items() if kind == "cloudflare_ruleset"}
+    assert set(rulesets) == {"http_request_cache_settings", "http_response_compression"}
+    for body in rulesets.values():
+        assert body["kind"] == "zone" and body["zone_id"] == "${var.zone_id}"
+        assert len(body["rules"]) == 1 and body["rules"][0]["enabled"] is True
+    (cache,) = rulesets["http_request_cache_settings"]["rules"]
+    assert cache["action"] == "set_cache_settings" and cache["action_parameters"] == {"cache": False}
+    assert '"/v1/"' in cache["expression"] and '"/health"' in cache["expression"]
+    (compression,) = rulesets["http_response_compression"]["rules"]
+    assert compression["action"] == "compress_response"
+    assert compression["action_parameters"] == {"algorithms": [{"name": "none"}]}
+    assert '"/v1/download/stream/"' in compression["expression"]
 
 
 def test_docs_table_is_the_profiles_budget():

@@ -32,7 +32,7 @@ from service.api.routes import downloads, stream, system, ui
 from service.jobs.enqueue import QueueCollector
 from service.runtime import Runtime
 from service.settings import Settings, load_settings
-from service.telemetry import exposition, tracing
+from service.telemetry import exposition, metrics, tracing
 from service.telemetry.logging import configure
 
 STATIC = package_files.files("service.api") / "static"
@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
         tune_gc()
+        metrics.record_process_start()
         yield
         await hub.stop()
         await runtime.aclose()

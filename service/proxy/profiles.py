@@ -69,6 +69,20 @@ class ProxyBudget(_Strict):
     health_check_interval_s: int = Field(10, ge=1, le=300)
     listen: str = "8080"
     upstreams: list[str] = Field(default_factory=lambda: ["127.0.0.1:3000"], min_length=1)
+    # nginx only. A DNS server to look the upstream name up again at request time (Docker's
+    # 127.0.0.11): without it the name is resolved once at start, and a recreated API
+    # container's new address answers 502 until nginx restarts.
+    resolver: str = ""
+    resolver_valid_s: int = Field(10, ge=1, le=3600, description="how long an answer is trusted")
+    # nginx only. host:port to send a syslog (UDP) copy of the access log to, for log-derived
+    # metrics of what the proxy itself answered (observability/mtail/nginx.mtail).
+    access_log_syslog: str = ""
+
+    @model_validator(mode="after")
+    def _one_resolved_upstream(self) -> ProxyBudget:
+        if self.resolver and len(self.upstreams) != 1:
+            raise ValueError("with a resolver, upstreams must be one name (its addresses are all used)")
+        return self
 
 
 class AppBudget(_Strict):

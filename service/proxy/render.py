@@ -53,6 +53,66 @@ def _nginx_common(profile: Profile) -> dict[str, object]:
     }
 
 
+# The access log's fields: one JSON object per line, in the file and in the syslog copy.
+_LOG_FIELDS = """\
+        '{"time":"$time_iso8601","request_id":"$delineate_request_id",'
+        '"remote_addr":"$remote_addr","x_forwarded_for":"$http_x_forwarded_for",'
+        '"method":"$request_method","uri":"$request_uri","status":$status,'
+        '"body_bytes_sent":$body_bytes_sent,"request_time":$request_time,'
+        '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
+        '"upstream_connect_time":"$upstream_connect_time",'
+        '"upstream_header_time":"$upstream_header_time",'
+        '"upstream_response_time":"$upstream_response_time",'
+        '"user_agent":"$http_user_agent"}'"""
+
+
+def _nginx_upstream(profile: Profile) -> dict[str, str]:
+    """How nginx finds the API: a fixed upstream group resolved once at start, or, with a
+    `resolver`, a name looked up again every `resolver_valid_s` (a recreated container's new
+    address is found; the group's kept-alive connections are the price)."""
+    proxy = profile.proxy
+    if not proxy.resolver:
+        servers = "\n".join(f"        server {address} max_fails=0;" for address in proxy.upstreams)
+        upstream = (
+            "    upstream delineate_api {\n"
+            f"{servers}\n"
+            "        # Reused connections to uvicorn; UVICORN_KEEPALIVE_S must outlast keepalive_timeout,\n"
+            "        # or nginx reuses a connection uvicorn is closing (502).\n"
+            f"        keepalive {proxy.upstream_keepalive_connections};\n"
+            f"        keepalive_timeout {duration(proxy.upstream_keepalive_s)};\n"
+            "        keepalive_requests 10000;\n"
+            "    }\n\n"
+        )
+        return {"upstream": upstream, "upstream_variable": "\n", "proxy_pass": "http://delineate_api"}
+    valid = duration(proxy.resolver_valid_s)
+    upstream = (
+        f"    # The API's address is looked up at {proxy.resolver} and trusted for {valid}\n"
+        "    # (proxy.resolver): a name resolved once at start would keep answering 502 after the\n"
+        "    # API's container is recreated with a new address. A variable in proxy_pass is what\n"
+        "    # makes nginx resolve at request time; it has no kept-alive connection pool.\n"
+        f"    resolver {proxy.resolver} valid={valid} ipv6=off;\n"
+        "    resolver_timeout 5s;\n\n"
+    )
+    variable = f"\n        set $delineate_upstream {proxy.upstreams[0]};\n\n"
+    return {"upstream": upstream, "upstream_variable": variable, "proxy_pass": "http://$delineate_upstream"}
+
+
+def _syslog_access_log(profile: Profile) -> str:
+    """With `access_log_syslog`, a copy of each access-log line over syslog (UDP) for a
+    log-derived metrics exporter (observability/mtail/nginx.mtail): the statuses nginx itself
+    answered, such as the 502/504 the API never saw. The trailing newline ends each line."""
+    target = profile.proxy.access_log_syslog
+    if not target:
+        return "\n"
+    return (
+        "\n    # A copy of each line for the log-derived metrics (observability/mtail/nginx.mtail):\n"
+        "    # what nginx itself answered, 502/504 included, which the API's own metrics never see.\n"
+        "    log_format delineate_syslog escape=json\n"
+        f"{_LOG_FIELDS} '\\n';\n"
+        f"    access_log syslog:server={target},tag=nginx,nohostname delineate_syslog;\n\n"
+    )
+
+
 def nginx_conf(profile: Profile) -> str:
     """The production nginx.conf: also what the `nginx` emulation in tests runs."""
     proxy = profile.proxy
@@ -66,7 +126,16 @@ def nginx_conf(profile: Profile) -> str:
     else:
         zone = "    # Rate limit off in this profile (proxy.rate_limit_rps = 0): the API limits per client.\n"
         apply = ""
-    return _fill("nginx.conf", profile, rate_limit_zone=zone, rate_limit=apply, **_nginx_common(profile))
+    return _fill(
+        "nginx.conf",
+        profile,
+        rate_limit_zone=zone,
+        rate_limit=apply,
+        log_fields=_LOG_FIELDS,
+        syslog_access_log=_syslog_access_log(profile),
+        **_nginx_upstream(profile),
+        **_nginx_common(profile),
+    )
 
 
 def cloudflare_emulation_conf(profile: Profile) -> str:
@@ -94,7 +163,12 @@ def alb_cloudformation(profile: Profile) -> str:
         health_interval=interval,
         health_timeout=min(5, interval - 1),
         target_port=proxy.upstreams[0].rsplit(":", 1)[-1],
+        response_time_threshold=_plain_seconds(profile.app.request_timeout_ms / 1000),
     )
+
+
+def _plain_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 def alb_emulation_cfg(profile: Profile) -> str:

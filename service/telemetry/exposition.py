@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from service.telemetry.metrics import WORKER_RUNNING, WORKER_SLOTS
+from service.telemetry.metrics import WORKER_RUNNING, WORKER_SLOTS, record_process_start
 
 
 def api_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
@@ -64,4 +64,5 @@ def start_worker_exporter(port: int, addr: str, running: Callable[[], int], slot
 
     WORKER_RUNNING.set_function(lambda: float(running()))
     WORKER_SLOTS.set(slots)
+    record_process_start()
     start_http_server(port, addr=addr)

@@ -10,6 +10,7 @@ templates, never raw paths).
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,6 +121,19 @@ WORKER_SLOTS = Gauge(
     "WORKER_CONCURRENCY: downloads this worker process may run at once.",
     multiprocess_mode="livesum",
 )
+
+# Set once by each API and worker process as it starts (record_process_start).
+PROCESS_START = Gauge(
+    "delineate_process_start_time_seconds",
+    "Unix time the newest live process started: a new value marks a restart or a deploy "
+    "(the dashboards' annotations place one at this time).",
+    multiprocess_mode="livemax",
+)
+
+
+def record_process_start() -> None:
+    PROCESS_START.set(time.time())
+
 
 # -- S3 ----------------------------------------------------------------------------------------
 

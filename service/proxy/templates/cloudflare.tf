@@ -1,6 +1,7 @@
 # @@{header}
 #
-# The Cloudflare side of the budget (provider cloudflare/cloudflare v4). Plan limits: README.md.
+# The Cloudflare side of the budget (provider cloudflare/cloudflare v5). Plan limits and
+# importing rulesets a zone already has: README.md.
 #   terraform init && terraform apply -var zone_id=... -var enterprise_plan=false
 
 terraform {
@@ -8,7 +9,7 @@ terraform {
   required_providers {
     cloudflare = {
       source  = "cloudflare/cloudflare"
-      version = "~> 4.40"
+      version = "~> 5.0"
     }
   }
 }
@@ -31,16 +32,24 @@ variable "proxy_read_timeout_s" {
 }
 
 # Enterprise only: the 524 timeout (100 s on every other plan) and streaming without buffering.
-resource "cloudflare_zone_settings_override" "timeouts" {
-  count   = var.enterprise_plan ? 1 : 0
-  zone_id = var.zone_id
-  settings {
-    proxy_read_timeout = tostring(var.proxy_read_timeout_s)
-    response_buffering = "off"
-  }
+# v5 has one resource per zone setting (v4's cloudflare_zone_settings_override is gone).
+resource "cloudflare_zone_setting" "proxy_read_timeout" {
+  count      = var.enterprise_plan ? 1 : 0
+  zone_id    = var.zone_id
+  setting_id = "proxy_read_timeout"
+  value      = var.proxy_read_timeout_s
+}
+
+resource "cloudflare_zone_setting" "response_buffering" {
+  count      = var.enterprise_plan ? 1 : 0
+  zone_id    = var.zone_id
+  setting_id = "response_buffering"
+  value      = "off"
 }
 
 # Every plan: never cache the API. Job status, the stream and the file redirect are per request.
+# A zone has one entry-point ruleset per phase: if this zone already has Cache Rules, import
+# that ruleset into this resource first (README.md), or apply fails.
 resource "cloudflare_ruleset" "api_cache_bypass" {
   zone_id     = var.zone_id
   name        = "delineate: bypass cache for the API"
@@ -48,18 +57,21 @@ resource "cloudflare_ruleset" "api_cache_bypass" {
   kind        = "zone"
   phase       = "http_request_cache_settings"
 
-  rules {
-    description = "bypass cache for /v1/ and the health checks"
-    expression  = "(starts_with(http.request.uri.path, \"/v1/\") or starts_with(http.request.uri.path, \"/health\"))"
-    action      = "set_cache_settings"
-    action_parameters {
-      cache = false
+  rules = [
+    {
+      description = "bypass cache for /v1/ and the health checks"
+      expression  = "(starts_with(http.request.uri.path, \"/v1/\") or starts_with(http.request.uri.path, \"/health\"))"
+      action      = "set_cache_settings"
+      action_parameters = {
+        cache = false
+      }
+      enabled = true
     }
-    enabled = true
-  }
+  ]
 }
 
 # Every plan: do not compress event streams (compression buffers events until a block fills).
+# The same one-per-phase rule applies to existing Compression Rules.
 resource "cloudflare_ruleset" "event_stream_compression" {
   zone_id     = var.zone_id
   name        = "delineate: no compression for event streams"
@@ -67,15 +79,15 @@ resource "cloudflare_ruleset" "event_stream_compression" {
   kind        = "zone"
   phase       = "http_response_compression"
 
-  rules {
-    description = "SSE: no compression"
-    expression  = "(starts_with(http.request.uri.path, \"@@{stream_prefix}\"))"
-    action      = "compress_response"
-    action_parameters {
-      algorithms {
-        name = "none"
+  rules = [
+    {
+      description = "SSE: no compression"
+      expression  = "(starts_with(http.request.uri.path, \"@@{stream_prefix}\"))"
+      action      = "compress_response"
+      action_parameters = {
+        algorithms = [{ name = "none" }]
       }
+      enabled = true
     }
-    enabled = true
-  }
+  ]
 }
