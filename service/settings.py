@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     s3_force_path_style: bool = False
     s3_presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
     s3_max_attempts: int = Field(4, ge=1, le=20)
+    # The API's S3 calls (health, check, start): connect and read deadline, each, in seconds
+    s3_request_timeout_s: float = Field(2.0, gt=0, le=30)
 
     # Simulated processing, as in the original service
     download_delay_enabled: bool = True
@@ -78,6 +80,8 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(900, ge=1)
     job_max_retries: int = Field(3, ge=0, le=20)
     job_retry_base_s: float = Field(2.0, ge=0)
+    # An attempt rides out an S3 or Redis outage for this long before it counts as failed
+    job_outage_allowance_s: float = Field(180, ge=0)
     job_ttl_s: int = Field(24 * 3600, ge=60)
     small_job_max_files: int = Field(10, ge=1)
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
@@ -153,6 +157,13 @@ class Settings(BaseSettings):
     def _delay_range(self) -> Settings:
         if self.download_delay_min_ms > self.download_delay_max_ms:
             raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
+        return self
+
+    @model_validator(mode="after")
+    def _outage_within_deadline(self) -> Settings:
+        """An attempt riding out an outage must still end before RQ's timeout kills it."""
+        if self.job_outage_allowance_s >= self.job_timeout_s:
+            raise ValueError("JOB_OUTAGE_ALLOWANCE_S must be less than JOB_TIMEOUT_S")
         return self
 
     @cached_property
