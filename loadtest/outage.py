@@ -1,4 +1,5 @@
-"""Outage drills (issue #16): S3 or Redis killed and restarted under running downloads.
+"""Outage drills (issue #16): S3 or Redis killed and restarted under running downloads, and S3
+frozen (accepting connections, never answering) under the API.
 
 Each drill starts a private stack as real processes (Redis, SeaweedFS S3, the API, one worker
 with a slot per job), starts `--jobs` downloads of ten files each, waits until every one is
@@ -8,8 +9,13 @@ the attempts the jobs used, the reaper's requeues, how long after the dependency
 every job had made progress (resumed) and had ended (recovered). tests/test_outage.py runs the
 same drills, smaller, and asserts no job is lost and none spends an attempt.
 
+The hung-S3 drill SIGSTOPs SeaweedFS (the kernel still accepts connections) under an API with
+no worker and times what a client sees: `/health/ready`, `/health`, `--checks` concurrent
+`/v1/download/check` and, while those are in flight, a cancel of a queued job.
+
     .venv/bin/python loadtest/outage.py                      # the issue's figures: 30 jobs, 20 s / 10 s
     .venv/bin/python loadtest/outage.py --jobs 8 --s3-outage 6 --redis-outage 5 --retry-base 0.5
+    .venv/bin/python loadtest/outage.py --s3-outage 0 --redis-outage 0 --checks 48  # hung S3 only
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +238,92 @@ def redis_drill(
         return figures
 
 
+@dataclass
+class Timed:
+    """One request's answer and how long it took."""
+
+    response: httpx.Response
+    seconds: float
+
+
+def _timed(call: Callable[[], httpx.Response]) -> Timed:
+    started = time.perf_counter()
+    response = call()
+    return Timed(response, time.perf_counter() - started)
+
+
+@dataclass
+class HungFigures:
+    """What the hung-S3 drill saw."""
+
+    baseline_cancel: Timed  # S3 healthy
+    ready: Timed
+    health: Timed
+    checks: list[Timed]
+    cancel: Timed  # while the checks were in flight
+    check_after: Timed | None = None  # once S3 answered again
+
+    def lines(self) -> str:
+        statuses = Counter(t.response.status_code for t in self.checks)
+        slowest = max(t.seconds for t in self.checks)
+        return (
+            "| what | answer | took |\n|---|---|---|\n"
+            f"| cancel, S3 healthy | {self.baseline_cancel.response.status_code} "
+            f"| {self.baseline_cancel.seconds * 1000:.0f} ms |\n"
+            f"| `/health/ready`, S3 hung | {self.ready.response.status_code} {self.ready.response.text} "
+            f"| {self.ready.seconds:.2f} s |\n"
+            f"| `/health`, S3 hung | {self.health.response.status_code} | {self.health.seconds:.2f} s |\n"
+            f"| {len(self.checks)} concurrent `/v1/download/check`, S3 hung | {dict(statuses)} "
+            f"| slowest {slowest:.2f} s |\n"
+            f"| cancel during those checks | {self.cancel.response.status_code} "
+            f"| {self.cancel.seconds * 1000:.0f} ms |"
+        )
+
+
+def hung_s3_drill(checks: int, settings: dict[str, str], home: Path | None = None) -> HungFigures:
+    """S3 frozen by SIGSTOP under the API (no worker): health, checks and a cancel, timed."""
+    redis_binary = shutil.which("redis-server")
+    with _workdir(home) as work, contextlib.ExitStack() as stops:
+        redis_server = harness.start_redis(work / "redis", binary=redis_binary)
+        stops.callback(redis_server.stop)
+        s3 = harness.start_seaweed(work / "s3")
+        stops.callback(s3.stop)
+        stops.callback(lambda: s3.process.send_signal(signal.SIGCONT))  # runs first
+        harness.seed(harness.s3_client(s3.url, harness.DEV_ACCESS_KEY, harness.DEV_SECRET_KEY), BUCKET)
+        env = harness.stack_env(redis_server.url, s3.url, BUCKET, **{**DRILL_SETTINGS, **settings})
+        with (
+            harness.running_stack(env, work / "logs", workers=0) as stack,
+            httpx.Client(base_url=stack.url, timeout=120) as client,
+        ):
+            queued = []
+            for _ in range(2):
+                response = client.post("/v1/download/initiate", json={"file_ids": FILES[:1]})
+                assert response.status_code == 202, response.text
+                queued.append(response.json()["jobId"])
+            baseline = _timed(lambda: client.delete(f"/v1/download/{queued[0]}"))
+            s3.process.send_signal(signal.SIGSTOP)
+            ready = _timed(lambda: client.get("/health/ready"))
+            health = _timed(lambda: client.get("/health"))
+            with ThreadPoolExecutor(checks) as pool:
+                check = {"file_id": FILES[0]}
+                futures = [
+                    pool.submit(_timed, lambda: client.post("/v1/download/check", json=check))
+                    for _ in range(checks)
+                ]
+                time.sleep(0.2)  # the checks reach the API first
+                cancel = _timed(lambda: client.delete(f"/v1/download/{queued[1]}"))
+                answers = [future.result() for future in futures]
+            figures = HungFigures(baseline, ready, health, answers, cancel)
+            s3.process.send_signal(signal.SIGCONT)
+
+            def storage_ok() -> bool:
+                return client.get("/health/ready").json()["checks"]["storage"] == "ok"
+
+            harness.wait_until(storage_ok, 60, "S3 healthy again", retry_on=(httpx.HTTPError,))
+            figures.check_after = _timed(lambda: client.post("/v1/download/check", json=check))
+        return figures
+
+
 def log_events(log: str, event: str) -> list[dict[str, Any]]:
     """The worker's JSON log lines with this `event`."""
     found = []
@@ -251,6 +345,7 @@ def main() -> None:
     parser.add_argument("--retry-base", type=float, default=2.0, help="JOB_RETRY_BASE_S (deployed: 2)")
     parser.add_argument("--retries", type=int, default=3, help="JOB_MAX_RETRIES (deployed: 3)")
     parser.add_argument("--allowance", type=float, default=180.0, help="JOB_OUTAGE_ALLOWANCE_S")
+    parser.add_argument("--checks", type=int, default=48, help="hung-S3 drill's concurrent checks (0: skip)")
     args = parser.parse_args()
     settings = {
         "DOWNLOAD_DELAY_MIN_MS": str(args.delay_ms),
@@ -265,9 +360,13 @@ def main() -> None:
     if args.redis_outage:
         drills.append(lambda: redis_drill(args.jobs, args.redis_outage, settings))
     rows = [drill() for drill in drills]
-    print(HEADER)
-    for figures in rows:
-        print(figures.line())
+    if rows:
+        print(HEADER)
+        for figures in rows:
+            print(figures.line())
+    if args.checks:
+        # S3's deployed attempts (4): the hang a client saw on main was that many read timeouts
+        print(hung_s3_drill(args.checks, {"S3_MAX_ATTEMPTS": "4"}).lines())
 
 
 if __name__ == "__main__":
