@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError
 
 from loadtest.outage import hung_s3_drill, log_events, redis_drill, s3_drill
 from service import harness
@@ -109,6 +109,7 @@ def test_only_s3_being_unreachable_is_ridden_out_not_a_bad_request(own_s3: harne
         {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "HeadObject"
     )
     assert storage.is_transient(slow_down)
+    assert storage.is_transient(IncompleteReadError(actual_bytes=10, expected_bytes=20))
 
 
 def test_the_outage_allowance_must_end_before_the_job_deadline():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 from botocore.retries.standard import RetryContext, StandardRetryConditions
 
 if TYPE_CHECKING:
@@ -109,6 +109,8 @@ class Storage:
                 parsed_response=exc.response,
                 http_response=_Status(meta.get("HTTPStatusCode", 0)),
             )
+        elif isinstance(exc, IncompleteReadError):
+            return True  # a body cut short: read after botocore's retries, the same outage
         elif isinstance(exc, BotoCoreError):
             any_call = model.operation_model("HeadObject")  # the checkers read only the service
             context = RetryContext(1, operation_model=any_call, caught_exception=exc)
