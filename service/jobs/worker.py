@@ -18,8 +18,8 @@ keeps RQ's model (RQ 3 already tracks several executions per worker) and runs ea
   dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back;
 - nor does it end the running downloads: they ride it out (jobs/outage.py) while their leases
   lapse (Redis expires the execution records nobody could renew). The worker keeps the jobs:
-  once Redis answers, the heartbeat thread (or maintenance, whichever comes first) restores each
-  lapsed lease before anything judges leases (`_renew_leases`), and for one lease after Redis
+  its heartbeat thread, and its maintenance before it judges anyone's leases, restore each
+  lapsed lease once Redis answers (`_renew_leases`), and for one lease after Redis
   itself restarted no worker runs RQ's abandoned-job cleanup or the reaper, so every worker has
   restored its own leases first: no job is taken over and no retry is spent;
 - SIGTERM (or Ctrl+C) stops dequeuing at once and lets the running downloads finish for up to
@@ -41,7 +41,7 @@ from datetime import timedelta
 import redis
 from rq.exceptions import StopRequested
 from rq.executions import Execution, ExecutionRegistry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
@@ -50,6 +50,8 @@ from rq.worker import BaseWorker, WorkerStatus
 from service.jobs import cancel, lock, reaper
 from service.jobs.outage import REDIS_DOWN
 from service.runtime import Runtime
+
+ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}  # in RQ
 
 
 class DownloadWorker(BaseWorker):
@@ -157,10 +159,9 @@ class DownloadWorker(BaseWorker):
     def run_maintenance_tasks(self) -> None:
         """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged).
 
-        Both judge leases, so this worker's own lapsed leases are restored first, and neither
-        runs while Redis has been up for less than one lease (`_leases_settling`)."""
-        if self._lapsed.is_set():
-            self._renew_leases()
+        Both judge leases, so this worker's own are renewed first (lapsed ones restored), and
+        neither runs while Redis has been up for less than one lease (`_leases_settling`)."""
+        self._renew_leases()
         with self._riding_out("lease check"):
             if self._leases_settling():
                 return
@@ -254,41 +255,56 @@ class DownloadWorker(BaseWorker):
             self._renew_leases()
 
     def _renew_leases(self) -> None:
-        """Heartbeat every running execution; after Redis was unreachable, restore lapsed ones."""
+        """Heartbeat every running execution, first restoring any lease Redis let lapse."""
         with self._leasing:
-            for job, execution in list(self._running.values()):
+            running = list(self._running.values())
+            try:
+                for job, execution in self._lapsed_of(running):
+                    self._restore_lease(job, execution)
+            except REDIS_DOWN as exc:
+                self._heartbeats_failing(exc)
+                return
+            for job, execution in running:
                 try:
-                    if self._lapsed.is_set():
-                        self._restore_lease(job, execution)
                     self.maintain_heartbeats(job, execution)
                 except REDIS_DOWN as exc:
-                    if not self._lapsed.is_set():
-                        self.log.warning(
-                            "heartbeats failing, Redis unavailable (%s): keeping %d running downloads, "
-                            "their leases are restored once Redis answers",
-                            exc,
-                            len(self._running),
-                        )
-                    self._lapsed.set()
+                    self._heartbeats_failing(exc)
                     return
                 except Exception:
                     self.log.exception("heartbeat for job %s failed", job.id)
             if self._lapsed.is_set():
                 self._lapsed.clear()
-                self.log.warning("Redis answers again: %d running downloads kept", len(self._running))
+                self.log.warning("Redis answers again: %d running downloads kept", len(running))
+
+    def _heartbeats_failing(self, exc: Exception) -> None:
+        if not self._lapsed.is_set():
+            self.log.warning(
+                "heartbeats failing, Redis unavailable (%s): keeping %d running downloads, "
+                "their leases are restored once Redis answers",
+                exc,
+                len(self._running),
+            )
+        self._lapsed.set()
+
+    def _lapsed_of(self, running: list[tuple[Job, Execution]]) -> list[tuple[Job, Execution]]:
+        """The executions whose record Redis expired while nobody could renew it, in one round
+        trip (or whose record a late heartbeat re-created with its one field: RQ's heartbeat
+        HSETs `last_heartbeat` on whatever is there)."""
+        if not running:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _, execution in running:
+                pipe.hexists(execution.key, "created_at")
+            present = pipe.execute()
+        return [pair for pair, there in zip(running, present, strict=True) if not there]
 
     def _restore_lease(self, job: Job, execution: Execution) -> None:
-        """Re-create the execution record Redis expired while nobody could renew it (same id,
-        same start: the per-job lock still orders it first), unless the job was taken over."""
+        """Re-create the execution record (same id, same start: the per-job lock still orders it
+        first) while RQ's registry still holds it; else the job ended or was taken over."""
         registry = job.started_job_registry
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.exists(execution.key)
-            pipe.zscore(registry.key, execution.composite_key)
-            exists, entry = pipe.execute()
-        if exists:
-            return
-        if entry is None:
-            self.log.warning("lease of job %s lost while Redis was unavailable: it was requeued", job.id)
+        if self.connection.zscore(registry.key, execution.composite_key) is None:
+            if job.get_status(refresh=True) not in ENDED:  # not just finished: requeued
+                self.log.warning("lease of job %s lost while Redis was unavailable: it was requeued", job.id)
             return
         ttl = self.get_heartbeat_ttl(job)
         with self.connection.pipeline() as pipe:
