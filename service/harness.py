@@ -250,9 +250,16 @@ def start_redis(
 
 
 def start_seaweed(
-    directory: Path, access_key: str = DEV_ACCESS_KEY, secret_key: str = DEV_SECRET_KEY
+    directory: Path,
+    access_key: str = DEV_ACCESS_KEY,
+    secret_key: str = DEV_SECRET_KEY,
+    ports: tuple[int, int, int, int] | None = None,
 ) -> Server:
-    """`weed mini` with its own ports, logs and an identities file; ready when S3 answers."""
+    """`weed mini` with its own ports, logs and an identities file; ready when S3 answers.
+
+    `ports` (master, volume, filer, S3; default: free ones) restarts a stopped one in place:
+    the same directory and ports serve the same objects at the same URL (outage drills).
+    """
     weed = weed_binary() or str(Path(sys.executable).with_name("weed"))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
@@ -267,10 +274,7 @@ def start_seaweed(
     }
     config = directory / "s3.json"
     config.write_text(json.dumps(identities))
-    ports: set[int] = set()
-    for _ in range(4):
-        ports.add(free_port(avoid=ports))
-    master, volume, filer, s3 = sorted(ports)
+    master, volume, filer, s3 = ports or seaweed_ports()
     args = [
         weed,
         f"-logdir={directory / 'logs'}",
@@ -302,6 +306,15 @@ def start_seaweed(
         server.kill()
         raise
     return server
+
+
+def seaweed_ports() -> tuple[int, int, int, int]:
+    """Four free ports (their +10000 gRPC twins free too) for `start_seaweed`."""
+    ports: set[int] = set()
+    for _ in range(4):
+        ports.add(free_port(avoid=ports))
+    master, volume, filer, s3 = sorted(ports)
+    return master, volume, filer, s3
 
 
 def s3_client(url: str, access_key: str, secret_key: str) -> Any:

@@ -34,13 +34,13 @@ class Runtime:
     announce: Callable[[Any, Runtime, str], None] | None = None
 
     @classmethod
-    def open(cls, settings: Settings, *, s3_pool_size: int) -> Runtime:
+    def open(cls, settings: Settings, *, s3_pool_size: int, s3_timeout_s: float | None = None) -> Runtime:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL must be set (`delineate dev` starts an embedded Redis)")
         from service.webhooks import delivery
 
         aredis = async_client(settings.redis_url)
-        storage = Storage.from_settings(settings, pool_size=s3_pool_size)
+        storage = Storage.from_settings(settings, pool_size=s3_pool_size, timeout_s=s3_timeout_s)
         s3_telemetry.instrument(storage.client)
         return cls(
             settings=settings,

@@ -7,6 +7,7 @@ CORS_ORIGINS, DOWNLOAD_DELAY_*) so existing deployments keep their configuration
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 from functools import cached_property
 from typing import Annotated, Literal
@@ -26,6 +27,7 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 # After SIGTERM, uvicorn lets open requests and event streams run this long, then closes them
 # (an SSE client resumes elsewhere with Last-Event-ID). The API pods' grace period counts it.
 API_SHUTDOWN_GRACE_S = 10
+OUTAGE_ALLOWANCE_DEFAULT_S = 180.0
 
 
 class SettingsError(RuntimeError):
@@ -66,6 +68,8 @@ class Settings(BaseSettings):
     s3_force_path_style: bool = False
     s3_presign_expires_s: int = Field(900, ge=1, le=7 * 24 * 3600)
     s3_max_attempts: int = Field(4, ge=1, le=20)
+    # The API's S3 calls (health, check, start): connect and read deadline, each, in seconds
+    s3_request_timeout_s: float = Field(2.0, gt=0, le=30)
 
     # Simulated processing, as in the original service
     download_delay_enabled: bool = True
@@ -81,6 +85,9 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(900, ge=1)
     job_max_retries: int = Field(3, ge=0, le=20)
     job_retry_base_s: float = Field(2.0, ge=0)
+    # An attempt rides out an S3 or Redis outage for this long before it counts as failed;
+    # unset: OUTAGE_ALLOWANCE_DEFAULT_S, or half of JOB_TIMEOUT_S when that is shorter
+    job_outage_allowance_s: float = Field(OUTAGE_ALLOWANCE_DEFAULT_S, ge=0)
     job_ttl_s: int = Field(24 * 3600, ge=60)
     small_job_max_files: int = Field(10, ge=1)
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
@@ -156,6 +163,25 @@ class Settings(BaseSettings):
     def _delay_range(self) -> Settings:
         if self.download_delay_min_ms > self.download_delay_max_ms:
             raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outage_default_within_deadline(cls, data: object) -> object:
+        """Unset, the outage allowance fits any JOB_TIMEOUT_S (a deployment with a short
+        timeout keeps starting); set, it is checked against it below."""
+        if isinstance(data, dict) and data.get("job_outage_allowance_s") is None:
+            timeout = data.get("job_timeout_s")
+            with contextlib.suppress(TypeError, ValueError):  # a bad timeout is reported as such
+                if timeout is not None and float(timeout) <= OUTAGE_ALLOWANCE_DEFAULT_S:
+                    data = {**data, "job_outage_allowance_s": float(timeout) / 2}
+        return data
+
+    @model_validator(mode="after")
+    def _outage_within_deadline(self) -> Settings:
+        """An attempt riding out an outage must still end before RQ's timeout kills it."""
+        if self.job_outage_allowance_s >= self.job_timeout_s:
+            raise ValueError("JOB_OUTAGE_ALLOWANCE_S must be less than JOB_TIMEOUT_S")
         return self
 
     @cached_property

@@ -4,7 +4,8 @@ A request travels: Edge (real client IP from a trusted proxy, request id, securi
 metrics, access log) -> CORS -> RateLimit (shared budget in Redis) -> the route in routes/,
 which validates with schemas.py and makes one call into jobs/ (enqueue.submit, cancel.request)
 or reads a job (jobs/state.py) or S3 (storage/s3.py), through the process's Runtime on
-`app.state.runtime`.
+`app.state.runtime`; its S3 calls go through `app.state.s3` (storage.s3.RequestLane: threads
+of their own, a deadline each).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.api.routes import downloads, stream, system, ui
 from service.jobs.enqueue import QueueCollector
 from service.runtime import Runtime
 from service.settings import Settings, load_settings
+from service.storage.s3 import REQUEST_LANE_THREADS, RequestLane
 from service.telemetry import exposition, metrics, tracing
 from service.telemetry.logging import configure
 
@@ -63,7 +65,7 @@ def routes() -> list[Route | Mount]:
         Route("/", system.root, methods=["GET"]),
         Route("/health", system.health, methods=["GET"]),
         Route("/health/live", system.live, methods=["GET"]),
-        Route("/health/ready", system.health, methods=["GET"]),
+        Route("/health/ready", system.ready, methods=["GET"]),
         Route("/openapi", openapi_document, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
@@ -104,7 +106,10 @@ def create_app(settings: Settings) -> Starlette:
         settings.otel_service_name or "delineate-api",
         settings.otel_traces_sample_ratio,
     )
-    runtime = Runtime.open(settings, s3_pool_size=50)
+    runtime = Runtime.open(
+        settings, s3_pool_size=REQUEST_LANE_THREADS, s3_timeout_s=settings.s3_request_timeout_s
+    )
+    s3_lane = RequestLane(runtime.storage, settings.s3_request_timeout_s)
     hub = EventHub(runtime.aredis)
 
     @asynccontextmanager
@@ -114,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics.record_process_start()
         yield
         await hub.stop()
+        s3_lane.close()
         await runtime.aclose()
         exposition.mark_process_dead()
 
@@ -146,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(routes=routes(), middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.s3 = s3_lane
     app.state.hub = hub
     app.state.openapi = openapi.document()
     app.state.metrics_registry = exposition.api_registry([QueueCollector(runtime.redis)])

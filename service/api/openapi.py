@@ -54,6 +54,10 @@ HEALTH = _obj(
     status={"enum": ["healthy", "unhealthy"]},
     checks=_obj(storage={"enum": ["ok", "error"]}, redis={"enum": ["ok", "error"]}),
 )
+READY = _obj(
+    status={"enum": ["healthy", "degraded", "unhealthy"]},
+    checks=_obj(storage={"enum": ["ok", "degraded", "error"]}, redis={"enum": ["ok", "error"]}),
+)
 STATUS = _obj(
     jobId=STR,
     status=JOB_STATUSES,
@@ -94,8 +98,8 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/health/ready": {
         "get": {
-            "summary": "Readiness: Redis and S3 answer",
-            "responses": {"200": _json(HEALTH, "Ready"), "503": _json(HEALTH, "Not ready")},
+            "summary": "Readiness: Redis answers (503 if not); S3 failing its check is `degraded`",
+            "responses": {"200": _json(READY, "Ready"), "503": _json(READY, "Not ready")},
         }
     },
     "/v1/download/check": {

@@ -6,6 +6,9 @@ S3 for several, and end the job through lifecycle.finish. A retried run resumes 
 already recorded. `run` is the RQ job function (jobs/enqueue.py queues it by reference);
 `on_failure` is RQ's failure callback for it.
 
+Every S3 call and every write of the job's state rides out an outage of its dependency within
+the attempt (jobs/outage.py, up to JOB_OUTAGE_ALLOWANCE_S): an outage spends no attempt.
+
 A download stopped because its worker is shutting down (cancel.hand_back_all) goes back to the
 front of its queue by returning RQ's `Retry`: RQ requeues it without touching the retries an
 exception would spend, so the next worker runs the same attempt, resuming after its files.
@@ -24,7 +27,7 @@ from rq import Retry, get_current_job
 from rq.job import Job
 
 from service import backoff, runtime
-from service.jobs import cancel, lifecycle, lock, state
+from service.jobs import cancel, lifecycle, lock, outage, state
 from service.settings import Settings
 from service.storage.s3 import bundle_key, source_key
 from service.telemetry import metrics, tracing
@@ -90,15 +93,16 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> 
     job_id, ttl = job.id, rt.settings.job_ttl_s
     if stop.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
         return _hand_back(rt, job_id) if stop.hand_back else None
+    allowance = outage.Allowance(rt.settings.job_outage_allowance_s, rt.storage, stop)
     try:
-        lifecycle.start(rt, job, attempt)
+        allowance.redis(lifecycle.start, rt, job, attempt)
         per_file = pick_delay_s(rt.settings) / max(len(job.file_ids), 1)
         results = list(job.files[: job.done])
         last_progress = None
         for file_id in job.file_ids[job.done :]:
             if stop.wait(per_file):
                 return _hand_back(rt, job_id) if stop.hand_back else None
-            size = rt.storage.size_of(source_key(file_id))
+            size = allowance.s3(rt.storage.size_of, source_key(file_id))
             result = {"file_id": file_id, "available": size is not None, "size": size}
             results.append(result)
             done = len(results)
@@ -107,10 +111,12 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> 
                 state.queue_file_done(pipe, job_id, ttl, r, d, job.total)
 
             if done < job.total:
-                lifecycle.advance(rt.redis, job_id, progress)
+                allowance.redis(lifecycle.advance, rt.redis, job_id, progress)
             else:
                 last_progress = progress  # _publish writes it, with the result when it can
-        return _publish(rt, job_id, results, last_progress)
+        return _publish(rt, allowance, job_id, results, last_progress)
+    except outage.Stopped:
+        return _hand_back(rt, job_id) if stop.hand_back else None
     except lifecycle.JobGone:
         return None
 
@@ -126,6 +132,7 @@ def _hand_back(rt: Runtime, job_id: str) -> Retry | None:
 
 def _publish(
     rt: Runtime,
+    allowance: outage.Allowance,
     job_id: str,
     results: list[dict[str, Any]],
     last_progress: Callable[[Any], None] | None,
@@ -142,17 +149,17 @@ def _publish(
         fields["result_size"] = found[0]["size"]
     else:
         if last_progress is not None:
-            lifecycle.advance(rt.redis, job_id, last_progress)
+            allowance.redis(lifecycle.advance, rt.redis, job_id, last_progress)
             last_progress = None
         key = bundle_key(job_id)
         members = [(f"{r['file_id']}.zip", source_key(r["file_id"])) for r in found]
         fields = {
             "status": state.COMPLETED,
             "result_key": key,
-            "result_size": rt.storage.write_zip(key, members),
+            "result_size": allowance.s3(rt.storage.write_zip, key, members),
         }
     fields["finished_at"] = state.now_iso()
-    lifecycle.finish(rt, job_id, also=last_progress, **fields)
+    allowance.redis(lambda: lifecycle.finish(rt, job_id, also=last_progress, **fields))
     return fields
 
 

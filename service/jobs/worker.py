@@ -16,6 +16,12 @@ keeps RQ's model (RQ 3 already tracks several executions per worker) and runs ea
   recovers the jobs RQ's own maintenance cannot see (a worker killed between dequeue and start);
 - a Redis outage does not end the process (RQ's loop would quit on an error outside its
   dequeue): the step is skipped with a warning and the dequeue backs off until Redis is back;
+- nor does it end the running downloads: they ride it out (jobs/outage.py) while their leases
+  lapse (Redis expires the execution records nobody could renew). The worker keeps the jobs:
+  its heartbeat thread, and its maintenance before it judges anyone's leases, restore each
+  lapsed lease once Redis answers (`_renew_leases`), and for one lease after Redis
+  itself restarted no worker runs RQ's abandoned-job cleanup or the reaper, so every worker has
+  restored its own leases first: no job is taken over and no retry is spent;
 - SIGTERM (or Ctrl+C) stops dequeuing at once and lets the running downloads finish for up to
   WORKER_DRAIN_S; whatever still runs then is handed back to the front of its queue without
   spending a retry (download.run returns RQ's Retry), and the worker exits 0. A second signal
@@ -34,15 +40,18 @@ from datetime import timedelta
 
 import redis
 from rq.exceptions import StopRequested
-from rq.executions import Execution
-from rq.job import Job
+from rq.executions import Execution, ExecutionRegistry
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from service.jobs import cancel, lock, reaper
+from service.jobs.outage import REDIS_DOWN
 from service.runtime import Runtime
+
+ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}  # in RQ
 
 
 class DownloadWorker(BaseWorker):
@@ -67,6 +76,8 @@ class DownloadWorker(BaseWorker):
         self._last_reap = -math.inf
         self._dequeuing = False
         self._hurry = threading.Event()  # a second stop signal: hand back without draining
+        self._lapsed = threading.Event()  # a heartbeat failed: leases may have expired meanwhile
+        self._leasing = threading.Lock()  # the heartbeat thread and maintenance both renew
 
     @property
     def running_count(self) -> int:
@@ -146,7 +157,14 @@ class DownloadWorker(BaseWorker):
         return bool(super().should_run_maintenance_tasks) or self._reap_due
 
     def run_maintenance_tasks(self) -> None:
-        """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged)."""
+        """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged).
+
+        Both judge leases, so this worker's own are renewed first (lapsed ones restored), and
+        neither runs while Redis has been up for less than one lease (`_leases_settling`)."""
+        self._renew_leases()
+        with self._riding_out("lease check"):
+            if self._leases_settling():
+                return
         if super().should_run_maintenance_tasks:
             with self._riding_out("maintenance"):
                 super().run_maintenance_tasks()
@@ -234,8 +252,75 @@ class DownloadWorker(BaseWorker):
 
     def _beat(self) -> None:
         while not self._stop_beating.wait(self.job_monitoring_interval):
-            for job, execution in list(self._running.values()):
+            self._renew_leases()
+
+    def _renew_leases(self) -> None:
+        """Heartbeat every running execution, first restoring any lease Redis let lapse."""
+        with self._leasing:
+            running = list(self._running.values())
+            try:
+                for job, execution in self._lapsed_of(running):
+                    self._restore_lease(job, execution)
+            except REDIS_DOWN as exc:
+                self._heartbeats_failing(exc)
+                return
+            for job, execution in running:
                 try:
                     self.maintain_heartbeats(job, execution)
+                except REDIS_DOWN as exc:
+                    self._heartbeats_failing(exc)
+                    return
                 except Exception:
                     self.log.exception("heartbeat for job %s failed", job.id)
+            if self._lapsed.is_set():
+                self._lapsed.clear()
+                self.log.warning("Redis answers again: %d running downloads kept", len(running))
+
+    def _heartbeats_failing(self, exc: Exception) -> None:
+        if not self._lapsed.is_set():
+            self.log.warning(
+                "heartbeats failing, Redis unavailable (%s): keeping %d running downloads, "
+                "their leases are restored once Redis answers",
+                exc,
+                len(self._running),
+            )
+        self._lapsed.set()
+
+    def _lapsed_of(self, running: list[tuple[Job, Execution]]) -> list[tuple[Job, Execution]]:
+        """The executions whose record Redis expired while nobody could renew it, in one round
+        trip (or whose record a late heartbeat re-created with its one field: RQ's heartbeat
+        HSETs `last_heartbeat` on whatever is there)."""
+        if not running:
+            return []
+        with self.connection.pipeline(transaction=False) as pipe:
+            for _, execution in running:
+                pipe.hexists(execution.key, "created_at")
+            present = pipe.execute()
+        return [pair for pair, there in zip(running, present, strict=True) if not there]
+
+    def _restore_lease(self, job: Job, execution: Execution) -> None:
+        """Re-create the execution record (same id, same start: the per-job lock still orders it
+        first) while RQ's registry still holds it; else the job ended or was taken over."""
+        registry = job.started_job_registry
+        if self.connection.zscore(registry.key, execution.composite_key) is None:
+            if job.get_status(refresh=True) not in ENDED:  # not just finished: requeued
+                self.log.warning("lease of job %s lost while Redis was unavailable: it was requeued", job.id)
+            return
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            execution.save(ttl, pipeline=pipe)
+            ExecutionRegistry(job.id, connection=self.connection).add(execution, ttl, pipeline=pipe)
+            registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=False)
+            pipe.sadd(execution.worker_executions_key, execution.composite_key)
+            pipe.expire(execution.worker_executions_key, ttl + 60)
+            pipe.execute()
+        self.log.warning("lease of job %s restored: it lapsed while Redis was unavailable", job.id)
+
+    def _leases_settling(self) -> bool:
+        """Redis restarted less than one lease ago: leases that expired while it was down are
+        not abandoned, their workers are restoring them (at their next heartbeat)."""
+        uptime = int(self.connection.info("server")["uptime_in_seconds"])
+        settling = uptime < lock.lease_s(self.job_monitoring_interval)
+        if settling:
+            self.log.info("Redis up for %d s: lease checks wait until its first lease has passed", uptime)
+        return settling

@@ -1,25 +1,40 @@
 """The S3 operations the service needs: HEAD a source file, presign a result, stream a zip.
 
 Retries with exponential backoff and jitter are botocore's own ("standard" mode), bounded by
-S3_MAX_ATTEMPTS; nothing here re-implements them.
+S3_MAX_ATTEMPTS; nothing here re-implements them. Which errors are worth retrying is also
+botocore's verdict (`Storage.is_transient`): a download rides those out (jobs/outage.py).
+
+The API never calls S3 on its event loop's shared thread pool: `RequestLane` gives its S3 calls
+their own few threads and a deadline (S3_REQUEST_TIMEOUT_S), so a hung S3 costs a request at
+most that long and never holds the threads every other route uses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
+from botocore.retries.standard import RetryContext, StandardRetryConditions
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
 READ_CHUNK = 1024 * 1024
+WORKER_CONNECT_TIMEOUT_S, WORKER_READ_TIMEOUT_S = 3.0, 10.0  # a worker's calls (streams are long)
+REQUEST_LANE_THREADS = 8  # an API process's S3 calls at once; more answer 503 at once
+T = TypeVar("T")
+# botocore's standard-mode retry conditions (transient, throttled, modeled retryable) without
+# its attempt limit: "worth retrying" as botocore itself decides it
+_RETRYABLE = StandardRetryConditions(max_attempts=2)
 
 
 def source_key(file_id: int) -> str:
@@ -32,14 +47,20 @@ def bundle_key(job_id: str) -> str:
     return f"results/{job_id}.zip"
 
 
-def make_client(settings: Settings, *, public: bool = False, pool_size: int = 10) -> Any:
-    """A boto3 S3 client; `public=True` signs URLs for the endpoint clients can reach."""
+def make_client(
+    settings: Settings, *, public: bool = False, pool_size: int = 10, timeout_s: float | None = None
+) -> Any:
+    """A boto3 S3 client; `public=True` signs URLs for the endpoint clients can reach.
+
+    `timeout_s` is the connect and the read deadline of each try (the API's request path);
+    without it a worker's defaults apply.
+    """
     endpoint = settings.s3_public_endpoint if public and settings.s3_public_endpoint else settings.s3_endpoint
     config = Config(
         s3={"addressing_style": "path" if settings.s3_force_path_style else "auto"},
         retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
-        connect_timeout=3,
-        read_timeout=10,
+        connect_timeout=timeout_s or WORKER_CONNECT_TIMEOUT_S,
+        read_timeout=timeout_s or WORKER_READ_TIMEOUT_S,
         max_pool_connections=pool_size,
         signature_version="s3v4",
     )
@@ -68,10 +89,34 @@ class Storage:
     presign_expires_s: int
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Storage:
-        client = make_client(settings, pool_size=pool_size)
+    def from_settings(
+        cls, settings: Settings, *, pool_size: int = 10, timeout_s: float | None = None
+    ) -> Storage:
+        client = make_client(settings, pool_size=pool_size, timeout_s=timeout_s)
         signer = make_client(settings, public=True) if settings.s3_public_endpoint else client
         return cls(client, signer, settings.s3_bucket_name, settings.s3_presign_expires_s)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Is `exc` S3 being unreachable, overloaded or slow (botocore's retryable errors:
+        connection refused or reset, timeouts, 5xx, throttling) rather than something about
+        the request itself (a missing bucket, access denied), which no wait will fix?"""
+        model = self.client.meta.service_model
+        if isinstance(exc, ClientError):
+            meta = exc.response.get("ResponseMetadata", {})
+            context = RetryContext(
+                1,
+                operation_model=model.operation_model(exc.operation_name),
+                parsed_response=exc.response,
+                http_response=_Status(meta.get("HTTPStatusCode", 0)),
+            )
+        elif isinstance(exc, IncompleteReadError):
+            return True  # a body cut short: read after botocore's retries, the same outage
+        elif isinstance(exc, BotoCoreError):
+            any_call = model.operation_model("HeadObject")  # the checkers read only the service
+            context = RetryContext(1, operation_model=any_call, caught_exception=exc)
+        else:
+            return False
+        return bool(_RETRYABLE.is_retryable(context))
 
     def size_of(self, key: str) -> int | None:
         """Object size from a HEAD, None when it does not exist; other errors propagate."""
@@ -124,6 +169,55 @@ class Storage:
         except BaseException:
             upload.abort()
             raise
+
+
+@dataclass(frozen=True)
+class _Status:
+    """The one attribute of an HTTP response botocore's retry checkers read."""
+
+    status_code: int
+
+
+class StorageUnavailable(BotoCoreError):
+    """The API's S3 call did not answer in time, or every S3 thread is busy (an API 503)."""
+
+    fmt = "S3 {why}"
+
+
+class RequestLane:
+    """The API's S3 calls: REQUEST_LANE_THREADS threads of their own and a deadline each.
+
+    A call waits at most `deadline_s` (S3_REQUEST_TIMEOUT_S), then StorageUnavailable; the
+    client's own connect and read timeouts are the same deadline, so a thread left behind by a
+    call that gave up is freed within S3_MAX_ATTEMPTS such deadlines. With every thread busy a
+    call fails at once rather than queueing behind a hung S3: nothing else in the API waits on S3.
+    """
+
+    def __init__(self, storage: Storage, deadline_s: float, threads: int = REQUEST_LANE_THREADS) -> None:
+        self.storage = storage
+        self.deadline_s = deadline_s
+        self._free = threading.BoundedSemaphore(threads)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3-request")
+
+    async def size_of(self, key: str) -> int | None:
+        return await self._call(self.storage.size_of, key)
+
+    async def check(self) -> None:
+        await self._call(self.storage.check)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._free.acquire(blocking=False):
+            raise StorageUnavailable(why="is slow: every S3 thread of this process is busy")
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self._free.release())  # also when cancelled unstarted
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            raise StorageUnavailable(why=f"did not answer within {self.deadline_s:g} s") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _MultipartWriter:

@@ -33,11 +33,11 @@ DEPRECATION_HEADERS = {
 
 
 async def check(request: Request) -> JSONResponse:
-    """Is `downloads/{file_id}.zip` in the bucket? A real S3 HEAD."""
+    """Is `downloads/{file_id}.zip` in the bucket? A real S3 HEAD, within S3_REQUEST_TIMEOUT_S."""
     rt: Runtime = request.app.state.runtime
     body = await read_body(request, FileRequest, rt.settings.max_body_bytes)
     key = source_key(body.file_id)
-    size = await run_in_threadpool(rt.storage.size_of, key)
+    size = await request.app.state.s3.size_of(key)
     available = size is not None
     return JSONResponse(
         {"file_id": body.file_id, "available": available, "s3Key": key if available else None, "size": size}
@@ -57,7 +57,7 @@ async def start(request: Request) -> Response:
         async with asyncio.timeout(rt.settings.request_timeout_ms / 1000):
             await asyncio.sleep(pick_delay_s(rt.settings))
             key = source_key(body.file_id)
-            size = await run_in_threadpool(rt.storage.size_of, key)
+            size = await request.app.state.s3.size_of(key)
     except TimeoutError:
         message = (
             f"Processing took longer than REQUEST_TIMEOUT_MS ({rt.settings.request_timeout_ms} ms); "
