@@ -197,7 +197,7 @@ def test_a_proxy_cutting_the_stream_never_reaches_the_caller(proxied):
     """nginx cuts a stream after CUT_S without a byte; the heartbeat is slower than that and each
     job is silent for longer. A three-file job: the client resumes with Last-Event-ID and gets
     every event once. A one-file job: every resumed stream is cut empty, so the client polls.
-    Both return `completed`, and nginx's log shows the cuts."""
+    All return `completed` (Client and AsyncClient, four jobs at once), and nginx logged cuts."""
     delay_ms = str(int((CUT_S + 1) * 3 * 1000))  # three silent stretches of CUT_S + 1 s
     stack, proxy = proxied(
         "nginx",
@@ -208,43 +208,53 @@ def test_a_proxy_cutting_the_stream_never_reaches_the_caller(proxied):
         DOWNLOAD_DELAY_MAX_MS=delay_ms,
     )
     wait_for_workers(stack, 1)
-    seen: dict[str, list[delineate.Event]] = {"resume": [], "poll": []}
+    jobs = {"resume": [70000, 70007, 70014], "poll": [70021]}
+    seen: dict[str, list[delineate.Event]] = {}
     results: dict[str, Any] = {}
 
-    def follow(name: str, file_ids: list[int]) -> None:
+    def follow_sync(name: str) -> None:
+        seen[f"sync {name}"] = events = []
         with delineate.Client(proxy.url) as client:
-            job = client.initiate(file_ids)
+            job = client.initiate(jobs[name])
             try:
-                results[name] = client.wait(job, timeout=60, on_event=seen[name].append)
+                results[f"sync {name}"] = client.wait(job, timeout=60, on_event=events.append).status
             except Exception as exc:
-                results[name] = exc
+                results[f"sync {name}"] = exc
 
-    threads = [
-        threading.Thread(target=follow, args=("resume", [70000, 70007, 70014])),
-        threading.Thread(target=follow, args=("poll", [70021])),
-    ]
+    async def follow_async(client: delineate.AsyncClient, name: str) -> None:
+        seen[f"async {name}"] = events = []
+        job = await client.initiate(jobs[name])
+        try:
+            results[f"async {name}"] = (await client.wait(job, timeout=60, on_event=events.append)).status
+        except Exception as exc:
+            results[f"async {name}"] = exc
+
+    async def both_async() -> None:
+        async with delineate.AsyncClient(proxy.url) as client:
+            await asyncio.gather(*(follow_async(client, name) for name in jobs))
+
+    threads = [threading.Thread(target=follow_sync, args=(name,)) for name in jobs]
+    threads.append(threading.Thread(target=asyncio.run, args=(both_async(),)))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(90)
-    assert {name: getattr(result, "status", result) for name, result in results.items()} == {
-        "resume": "completed",
-        "poll": "completed",
-    }
+    assert results == dict.fromkeys(seen, "completed") and len(results) == 4, results
     assert "upstream timed out" in proxy.error_log(), "nginx never cut a stream: this proves nothing"
 
-    streamed = [event for event in seen["resume"] if event.id]  # a polled status has no id
-    names = [event.event for event in streamed]
-    assert names.count("snapshot") == 1, f"a reconnect started afresh instead of resuming: {names}"
-    ids = [event.id for event in streamed[1:]]
-    assert len(ids) == len(set(ids)), f"an event came twice: {streamed}"
-    assert names.count("progress") == 3 and names[-1] == "completed", names
+    for kind in ("sync", "async"):
+        streamed = [event for event in seen[f"{kind} resume"] if event.id]  # a polled status has no id
+        names = [event.event for event in streamed]
+        assert names.count("snapshot") == 1, f"{kind}: a reconnect started afresh, not resumed: {names}"
+        ids = [event.id for event in streamed[1:]]
+        assert len(ids) == len(set(ids)), f"{kind}: an event came twice: {streamed}"
+        assert names.count("progress") == 3 and names[-1] == "completed", f"{kind}: {names}"
 
-    polled = seen["poll"]
-    names = [event.event for event in polled if event.id]
-    assert "progress" not in names and "completed" not in names, f"the stream was never cut: {names}"
-    assert polled[-1].event == "snapshot" and polled[-1].id is None, "it did not fall back to polling"
-    assert polled[-1].data["status"] == "completed"
+        polled = seen[f"{kind} poll"]
+        names = [event.event for event in polled if event.id]
+        assert "progress" not in names and "completed" not in names, f"{kind}: never cut: {names}"
+        assert polled[-1].event == "snapshot" and polled[-1].id is None, f"{kind}: did not poll"
+        assert polled[-1].data["status"] == "completed"
 
 
 # ------------------------------------------------------------------ docs/client.md
