@@ -9,6 +9,7 @@ import asyncio
 import base64
 import importlib
 import io
+import itertools
 import json
 import os
 import re
@@ -212,9 +213,15 @@ def test_a_proxy_cutting_the_stream_never_reaches_the_caller(proxied):
     seen: dict[str, list[delineate.Event]] = {}
     results: dict[str, Any] = {}
 
+    answers: list[tuple[float, str, str | None]] = []  # (when, path, Retry-After) for each answer
+
+    def record(response: httpx.Response) -> None:
+        answers.append((time.monotonic(), response.url.path, response.headers.get("retry-after")))
+
     def follow_sync(name: str) -> None:
         seen[f"sync {name}"] = events = []
-        with delineate.Client(proxy.url) as client:
+        hooks = {"response": [record]} if name == "poll" else {}
+        with delineate.Client(proxy.url, event_hooks=hooks) as client:
             job = client.initiate(jobs[name])
             try:
                 results[f"sync {name}"] = client.wait(job, timeout=60, on_event=events.append).status
@@ -255,6 +262,11 @@ def test_a_proxy_cutting_the_stream_never_reaches_the_caller(proxied):
         assert "progress" not in names and "completed" not in names, f"{kind}: never cut: {names}"
         assert polled[-1].event == "snapshot" and polled[-1].id is None, f"{kind}: did not poll"
         assert polled[-1].data["status"] == "completed"
+    # The poller waited at least what each answer's Retry-After said (a lower bound: load only adds).
+    polls = [(at, wait) for at, path, wait in answers if path.startswith("/v1/download/status/")]
+    assert polls, "the poller never polled"
+    pairs = itertools.pairwise(polls)
+    assert all(later - at >= float(wait) for (at, wait), (later, _) in pairs if wait), polls
 
 
 # ------------------------------------------------------------------ docs/client.md
