@@ -155,8 +155,15 @@ def test_async_flow(stack):
 @pytest.mark.slow
 def test_rate_limit_cancel_and_webhooks(make_stack):
     """No worker at first, so jobs stay queued: the per-client limit answers 429, a cancelled job
-    ends `wait` with JobCancelled; then a worker, and a webhook checked with verify_webhook."""
-    stack = make_stack(workers=0, PER_CLIENT_MAX_ACTIVE_JOBS="1", **WEBHOOKS)
+    ends `wait` with JobCancelled; then a worker, and a webhook checked with verify_webhook; then
+    the rate limit, waited out and repeated by a client with retries."""
+    stack = make_stack(
+        workers=0,
+        PER_CLIENT_MAX_ACTIVE_JOBS="1",
+        RATE_LIMIT_MAX_REQUESTS="20",
+        RATE_LIMIT_WINDOW_MS="2000",
+        **WEBHOOKS,
+    )
     receiver = Receiver()
     try:
         with delineate.Client(stack.url, retries=0) as client:
@@ -182,6 +189,40 @@ def test_rate_limit_cancel_and_webhooks(make_stack):
                 delineate.verify_webhook(SECRET, body.replace(b"completed", b"cancelled"), headers)
     finally:
         receiver.server.shutdown()
+
+    # Spend the rate limit, then initiate with retries: the client waits out each 429's
+    # Retry-After and repeats with the same Idempotency-Key, so one job comes of it.
+    sent: list[tuple[float, str | None]] = []
+    answers: list[tuple[float, int, str | None]] = []
+    hooks = {
+        "request": [lambda request: sent.append((time.monotonic(), request.headers.get("idempotency-key")))],
+        "response": [
+            lambda response: answers.append(
+                (time.monotonic(), response.status_code, response.headers.get("retry-after"))
+            )
+        ],
+    }
+    with delineate.Client(stack.url, retries=3, event_hooks=hooks) as patient, stack.client() as raw:
+        for _ in range(3):  # the window may turn between spending it and initiating: try again
+            sent.clear()
+            answers.clear()
+            while raw.get(f"/v1/download/status/{UNKNOWN_JOB}").status_code != 429:
+                pass
+            job = patient.initiate([70021])
+            if answers[0][1] == 429:
+                break
+    codes = [code for _, code, _ in answers]
+    assert codes[0] == 429 and codes[-1] == 202 and set(codes[:-1]) == {429}, answers
+    assert len({key for _, key in sent}) == 1 and sent[0][1], f"one Idempotency-Key for every repeat: {sent}"
+    waits = [(at, float(wait)) for at, _, wait in answers[:-1]]
+    assert all(again >= at + wait for (at, wait), (again, _) in zip(waits, sent[1:], strict=True)), answers
+    assert job.status == "queued"
+    assert patient_wait(stack, job).status == "completed"  # ends before the stack stops
+
+
+def patient_wait(stack, job: delineate.Job) -> delineate.Status:
+    with delineate.Client(stack.url) as client:
+        return client.wait(job, timeout=30)
 
 
 # ------------------------------------------------------------------ a proxy cutting the stream
