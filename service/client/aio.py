@@ -130,9 +130,9 @@ class AsyncClient:
                 ) as response:
                     if response.status_code != 200:
                         await response.aread()  # an error body, read before judging it
-                    if core.stream_answer(response) != "events":
+                    if not core.streaming(response):
                         return
-                    decoder = state.opened()
+                    decoder = core.SSEDecoder()
                     async for line in response.aiter_lines():
                         event = decoder.feed(line)
                         if event is not None:

@@ -349,9 +349,6 @@ class StreamState:
             headers["Last-Event-ID"] = self.last_id
         return headers
 
-    def opened(self) -> SSEDecoder:
-        return SSEDecoder()
-
     def seen(self, event: Event) -> bool:
         """Record an event; whether it is the job's last."""
         self.events += 1
@@ -368,17 +365,13 @@ class StreamState:
         return self.empty < MAX_EMPTY_STREAMS
 
 
-def stream_answer(response: httpx.Response) -> str:
-    """What a stream request's answer means: "events" (read them), "ended" (204: the job is
-    over and nothing was missed) or "poll" (the stream cannot be used here). 404 and 410 raise."""
-    code = response.status_code
-    if code == 200 and response.headers.get("content-type", "").startswith("text/event-stream"):
-        return "events"
-    if code == 204:
-        return "ended"
-    if code in (404, 410):
+def streaming(response: httpx.Response) -> bool:
+    """Whether a stream request's answer is an event stream to read. Anything else (204 after
+    the job's end, a proxy's error page, a 5xx) leaves it to polling; 404 and 410 raise."""
+    if response.status_code in (404, 410):
         raise error_from(response)
-    return "poll"
+    content_type = response.headers.get("content-type", "")
+    return response.status_code == 200 and content_type.startswith("text/event-stream")
 
 
 def presigned_url(response: httpx.Response) -> str:
@@ -397,8 +390,8 @@ def polled(response: httpx.Response, failures: int) -> tuple[Status | None, floa
     Errors that waiting cannot fix (404, 410, 400) raise.
     """
     if response.status_code == 200:
-        status = Status.from_response(response)
-        return status, min(retry_after_of(response) or DEFAULT_POLL_S, MAX_WAIT_S)
+        status, wait_s = Status.from_response(response), retry_after_of(response)
+        return status, min(DEFAULT_POLL_S if wait_s is None else wait_s, MAX_WAIT_S)
     error = error_from(response)
     if response.status_code in RETRYABLE or response.status_code >= 500:
         return None, retry_wait_s(error, failures)

@@ -123,9 +123,9 @@ class Client:
                     headers=state.headers(),
                     timeout=deadline.stream_timeout(self._timeout),
                 ) as response:
-                    if core.stream_answer(response) != "events":
+                    if not core.streaming(response):
                         return
-                    decoder = state.opened()
+                    decoder = core.SSEDecoder()
                     for line in response.iter_lines():
                         event = decoder.feed(line)
                         if event is not None:
