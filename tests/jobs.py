@@ -22,9 +22,13 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 
 def api(client: httpx.Client, **options: Any) -> delineate.Client:
-    """The Python client (service.client) on a test's base URL. No retries: a test sees every
-    answer as it came, and initiate sends no Idempotency-Key unless the test gives one."""
-    return delineate.Client(str(client.base_url), retries=0, **options)
+    """The Python client (service.client) configured as a test's httpx client: its base URL,
+    headers and event hooks (a test may give each request its own client address), plus
+    `options`. No retries: a test sees every answer as it came, and initiate sends no
+    Idempotency-Key unless the test gives one."""
+    headers = {**client.headers, **options.pop("headers", {})}
+    hooks = client.event_hooks
+    return delineate.Client(str(client.base_url), retries=0, headers=headers, event_hooks=hooks, **options)
 
 
 def initiate(client: httpx.Client, file_ids: list[int], **kwargs: Any) -> str:
