@@ -11,6 +11,10 @@ Users (weights from --weights, e.g. `fast=4,poll=2,sse=2,webhook=1,legacy=0`):
   records a `no webhook` failure, so a service without webhooks shows as red, not as a hang.
 - LegacyUser: POST /v1/download/start, which holds the request for the whole delay.
 
+The users send their requests through Locust's own client rather than service.client, because
+the load test must count, time and judge every single request that the Python client would
+quietly repeat or resume; they share its SSE decoder (service.client.core.SSEDecoder).
+
 Every request has a read timeout equal to the proxy's limit (proxylimit.py): what the proxy
 would cut is recorded as `proxy-timeout 504 ...` (524 for Cloudflare). When the run ends the
 thresholds (thresholds.py) set the exit code and report.py writes report.md and report.png.
@@ -22,7 +26,6 @@ thresholds (thresholds.py) set the exit code and report.py writes report.md and 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -40,6 +43,7 @@ import report
 import s3link
 import thresholds
 from receiver import WebhookReceiver
+from service.client.core import SSEDecoder
 from tracker import JobTracker
 
 log = logging.getLogger("delineate.loadtest")
@@ -240,7 +244,7 @@ class SseUser(ApiUser):
     def read(self, response: Any, last_id: str | None) -> tuple[dict[str, Any] | None, str | None]:
         """Read events until the terminal one; a read gap longer than the limit is a cut."""
         limit = RUN.limit
-        event, data, buffer = "message", "", b""
+        decoder, buffer = SSEDecoder(), b""
         last_byte = opened = time.monotonic()
         max_gap = 0.0
         failure: Exception | None = None
@@ -252,22 +256,12 @@ class SseUser(ApiUser):
                 buffer += chunk
                 while b"\n" in buffer and outcome is None:
                     raw, buffer = buffer.split(b"\n", 1)
-                    line = raw.rstrip(b"\r").decode()
-                    if line == "":
-                        if data and event in TERMINAL:
-                            outcome = {"status": event, **json.loads(data)}
-                        event, data = "message", ""
-                    elif line.startswith(":"):
-                        continue  # heartbeat comment
-                    else:
-                        name, _, value = line.partition(":")
-                        value = value.removeprefix(" ")
-                        if name == "event":
-                            event = value
-                        elif name == "data":
-                            data = f"{data}\n{value}" if data else value
-                        elif name == "id":
-                            last_id = value
+                    event = decoder.feed(raw.rstrip(b"\r").decode())  # heartbeats give None
+                    if event is None:
+                        continue
+                    last_id = event.id or last_id
+                    if event.event in TERMINAL:
+                        outcome = {"status": event.event, **event.data}
                 if outcome is not None:
                     break
         except requests.exceptions.RequestException as exc:

@@ -1,4 +1,4 @@
-"""Following jobs from tests, the way a polling client does."""
+"""Starting and following jobs from tests, through the Python client (service.client)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import redis
 from rq.executions import Execution
 from rq.job import Job
 
+from service import client as delineate
 from service import keys
 from service.harness import wait_until
 from service.jobs import enqueue, state
@@ -20,33 +21,42 @@ from service.settings import load_settings
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
+def api(client: httpx.Client, **options: Any) -> delineate.Client:
+    """The Python client (service.client) configured as a test's httpx client: its base URL,
+    headers and event hooks (a test may give each request its own client address), plus
+    `options`. No retries: a test sees every answer as it came, and initiate sends no
+    Idempotency-Key unless the test gives one."""
+    headers = {**client.headers, **options.pop("headers", {})}
+    hooks = client.event_hooks
+    return delineate.Client(str(client.base_url), retries=0, headers=headers, event_hooks=hooks, **options)
+
+
 def initiate(client: httpx.Client, file_ids: list[int], **kwargs: Any) -> str:
-    response = client.post("/v1/download/initiate", json={"file_ids": file_ids}, **kwargs)
-    assert response.status_code == 202, response.text
-    return response.json()["jobId"]
+    """Start a job through the Python client; `kwargs` are httpx options (headers=...)."""
+    with api(client, **kwargs) as jobs:
+        return jobs.initiate(file_ids).job_id
 
 
 def initiate_json(client: httpx.Client, body: dict[str, Any]) -> str:
-    """Initiate with any body (a callbackUrl, ...); the job id."""
-    response = client.post("/v1/download/initiate", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["jobId"]
+    """Initiate with a callbackUrl (or without); the job id."""
+    with api(client) as jobs:
+        return jobs.initiate(body["file_ids"], callback_url=body.get("callbackUrl")).job_id
 
 
 def wait_for(
     client: httpx.Client, job_id: str, statuses: set[str] = TERMINAL, timeout_s: float = 30
 ) -> dict[str, Any]:
-    """Poll until the job's status is in `statuses`; return the last status body."""
+    """Poll until the job's status is in `statuses` (any, not only an end: `wait` is for ends);
+    return the last status body."""
     body: dict[str, Any] = {}
 
     def reached() -> dict[str, Any] | None:
         nonlocal body
-        response = client.get(f"/v1/download/status/{job_id}")
-        assert response.status_code == 200, response.text
-        body = response.json()
+        body = jobs.status(job_id).body
         return body if body["status"] in statuses else None
 
-    return wait_until(reached, timeout_s, lambda: f"job {job_id} in {statuses}: {body}", retry_on=())
+    with api(client) as jobs:
+        return wait_until(reached, timeout_s, lambda: f"job {job_id} in {statuses}: {body}", retry_on=())
 
 
 def plant_execution(conn: redis.Redis, job_id: str, ttl_s: int, worker_name: str) -> Execution:

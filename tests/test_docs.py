@@ -1,4 +1,4 @@
-"""docs/ARCHITECTURE.md and docs/frontend.md name only things that exist in the code.
+"""docs/ARCHITECTURE.md, frontend.md, jobs.md and client.md name only things that exist in the code.
 
 A doc that names a setting, route, file or function the code does not have misleads the
 reader, so every code-looking name in single backticks is checked against the code itself:
@@ -27,7 +27,7 @@ from service.jobs import state
 from service.settings import Settings
 from tests.support import ROOT
 
-DOCS = ("docs/ARCHITECTURE.md", "docs/frontend.md", "docs/jobs.md")
+DOCS = ("docs/ARCHITECTURE.md", "docs/frontend.md", "docs/jobs.md", "docs/client.md")
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")

@@ -4,9 +4,10 @@
 `Runtime.announce`), so every ending of a job with a callbackUrl is announced exactly once,
 even if the worker dies a moment later.
 `deliver()` is the RQ job: it signs the final status per the Standard Webhooks scheme
-(webhook-id, webhook-timestamp, webhook-signature: HMAC-SHA256 with WEBHOOK_SECRET, via the
-scheme's reference library), POSTs it, and retries network errors, timeouts, 5xx, 408 and 429
-up to WEBHOOK_MAX_ATTEMPTS, waiting by service/backoff.py. The outcome is kept in the job's
+(webhook-id, webhook-timestamp, webhook-signature: HMAC-SHA256 with WEBHOOK_SECRET, by
+webhooks/signature.py, shared with the client's verify_webhook), POSTs it, and retries network
+errors, timeouts, 5xx, 408 and 429 up to WEBHOOK_MAX_ATTEMPTS, waiting by service/backoff.py.
+The outcome is kept in the job's
 `webhook` field (shown in its status, written by lifecycle.record_webhook); a delivery that
 gives up is kept as a dead letter that `delineate webhooks` lists and redelivers. The waits
 happen inside the job, like download retries, so they never need RQ's scheduler.
@@ -24,7 +25,6 @@ from urllib.parse import urlsplit
 import httpx
 import redis
 from rq import Queue, Retry
-from standardwebhooks import Webhook
 
 from service import backoff, keys, runtime
 from service.jobs import lifecycle, state
@@ -33,7 +33,7 @@ from service.jobs.view import status_body
 from service.settings import Settings
 from service.telemetry import metrics, tracing
 from service.telemetry.logging import get_logger
-from service.webhooks import guard
+from service.webhooks import guard, signature
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -78,7 +78,7 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
         },
         separators=(",", ":"),
     )
-    signer = Webhook(settings.webhook_secret.get_secret_value())
+    signer = signature.Signer(settings.webhook_secret.get_secret_value())
     url = job.callback_url
     host = urlsplit(url).hostname or ""
     with (
@@ -113,7 +113,7 @@ def deliver(job_id: str, event_id: str) -> dict[str, Any] | None:
 
 
 def _attempt(
-    client: httpx.Client, signer: Webhook, url: str, event_id: str, payload: str, settings: Settings
+    client: httpx.Client, signer: signature.Signer, url: str, event_id: str, payload: str, settings: Settings
 ) -> tuple[int | None, str | None, bool]:
     """One signed POST: (HTTP status, error or None, whether a retry may help)."""
     try:
