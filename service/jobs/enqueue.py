@@ -6,12 +6,18 @@ job without state, nor state for a job that was not queued. Small jobs and large
 separate queues that workers serve round-robin (keys.DOWNLOAD_QUEUES), so a burst of
 1,000-file jobs cannot starve the one-file ones (docs/jobs.md). RQ runs `download.run`.
 
+With REDIS_MIN_REPLICAS_ACK (1 by default under Sentinel) a new job is answered only once that
+many replicas confirmed it (`_confirm`): replication is asynchronous, and a primary that dies
+right after the 202 would otherwise take an accepted job with it.
+
 The queue depth is read here too: QUEUE_MAX_DEPTH's check, and the scrape-time collector
 behind `delineate_queue_depth` and `delineate_rq_workers` (`QueueCollector`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -30,7 +36,7 @@ from rq import Callback, Queue, Retry
 from rq.worker import Worker
 
 from service import keys
-from service.jobs import download, state
+from service.jobs import cancel, download, state
 from service.settings import Settings
 from service.telemetry import metrics, tracing
 
@@ -59,6 +65,11 @@ class TooManyActive(Exception):
 
 class IdempotencyConflict(Exception):
     """The same Idempotency-Key came with a different body (422)."""
+
+
+class NotReplicated(Exception):
+    """Fewer than REDIS_MIN_REPLICAS_ACK replicas confirmed the new job within
+    REDIS_ACK_TIMEOUT_MS (503): the job was withdrawn (cancelled), never half-accepted."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ async def submit(
     callback_url: str | None = None,
 ) -> Accepted:
     """Create and queue a job for `file_ids`, unless `body` repeats an earlier request (then
-    that job). Raises QueueFull, TooManyActive or IdempotencyConflict."""
+    that job). Raises QueueFull, TooManyActive, IdempotencyConflict or NotReplicated."""
     job = state.JobRecord(
         id=str(uuid.uuid4()),
         status=state.QUEUED,
@@ -139,9 +150,44 @@ async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None)
         raise QueueFull(settings.queue_max_depth)
     while True:
         try:
-            return await _enqueue_once(rt.aredis, rt.redis, settings, job, claim)
+            earlier = await _enqueue_once(rt.aredis, rt.redis, settings, job, claim)
+            break
         except WatchError:
             continue
+    if earlier is None:
+        if settings.replicas_ack:
+            await _confirm(rt, job.id)
+        metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    return earlier
+
+
+async def _confirm(rt: Runtime, job_id: str) -> None:
+    """Return once REDIS_MIN_REPLICAS_ACK replicas hold the job; else withdraw it and raise
+    NotReplicated.
+
+    WAIT counts the replicas that acknowledged the writes of the connection it runs on, and
+    the job's MULTI went out on a pooled connection that is gone by now. So a write to the
+    job's own hash (re-setting its TTL, a no-op) is sent after it with WAIT behind it in one
+    round trip: the replication stream is ordered, so a replica that confirmed this write holds
+    the job too.
+
+    Unconfirmed in time, the job is cancelled (not deleted: a worker may have taken it
+    already, and cancel.request stops it either way; its state says what happened) and the
+    client gets a 503 and retries. A repeat with the same Idempotency-Key (or within
+    DEDUPE_WINDOW_S) then makes a new job, as for any cancelled one. Had the job been left
+    queued, it would run for a client that was told it was refused.
+    """
+    settings = rt.settings
+    async with rt.aredis.pipeline(transaction=False) as pipe:
+        pipe.expire(keys.job(job_id), settings.job_ttl_s)
+        pipe.execute_command("WAIT", settings.replicas_ack, settings.redis_ack_timeout_ms)
+        _, acked = await pipe.execute()
+    if acked >= settings.replicas_ack:
+        return
+    metrics.JOBS_REJECTED.labels("not_replicated").inc()
+    with contextlib.suppress(cancel.AlreadyFinished):
+        await asyncio.to_thread(cancel.request, rt, job_id)
+    raise NotReplicated(acked)
 
 
 async def _enqueue_once(
@@ -180,7 +226,6 @@ async def _enqueue_once(
         pipe.multi()
         pipe.execute_command(*script)
         await pipe.execute()
-    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     _DEPTH.added(aconn)
     return None
 
