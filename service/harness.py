@@ -242,6 +242,7 @@ def start_redis(
     args += ["--appendonly", "yes" if aof else "no", "--dir", str(directory), "--daemonize", "no"]
     args += ["--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")]
     args += ["--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES)]  # as compose runs it
+    args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
     if replica_of is not None:
         args += ["--replicaof", "127.0.0.1", str(_port_of(replica_of))]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

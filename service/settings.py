@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None  # the primary's and replicas' (with REDIS_SENTINELS)
     # Replicas that must confirm a new job before its 202; unset: 1 with Sentinel, else 0
     redis_min_replicas_ack: int | None = Field(None, ge=0, le=16)
-    redis_ack_timeout_ms: int = Field(500, ge=10, le=10_000)  # then 503 and the job is withdrawn
+    # How long a new job waits for those replicas, then 503 and the job is withdrawn; below
+    # the clients' 5 s socket timeout (redis_client.py), which would cut the WAIT first
+    redis_ack_timeout_ms: int = Field(500, ge=10, le=4_000)
 
     # S3
     s3_endpoint: str | None = None

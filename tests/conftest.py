@@ -94,3 +94,18 @@ def otlp() -> Iterator[OtlpReceiver]:
     """An OTLP/HTTP trace receiver for one test (`tests.tracing.traced_env` points a stack at it)."""
     with running_receiver() as receiver:
         yield receiver
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures drills measured (`record_property("figures", ...)`) after the run:
+    with `-q` and xdist a passing test's own output is never shown."""
+    figures = [
+        f"{report.nodeid}: {value}"
+        for report in terminalreporter.getreports("passed")
+        for name, value in report.user_properties
+        if name == "figures"
+    ]
+    if figures:
+        terminalreporter.write_sep("-", "figures")
+        for line in figures:
+            terminalreporter.write_line(line)

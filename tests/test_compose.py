@@ -263,6 +263,7 @@ def test_compose_config_is_valid_and_resolves_env_like_these_tests(tmp_path):
     """The real Compose v2 parser: schema, merges, interpolation; then our own reading must agree."""
     binary = compose_binary()
     run = [*binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--profile", "loadtest"]
+    run += ["--profile", "ha"]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # an empty shell: the defaults apply
     result = subprocess.run([*run, "config", "--format", "json"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

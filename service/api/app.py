@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
         settings.otel_traces_sample_ratio,
     )
     runtime = Runtime.open(settings, s3_pool_size=50)
-    hub = EventHub(runtime.aredis)
+    hub = EventHub(runtime.aredis, sweep_s=settings.sse_heartbeat_s)  # a missed change: one heartbeat late
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

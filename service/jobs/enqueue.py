@@ -148,34 +148,38 @@ async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None)
     if settings.queue_max_depth and await _DEPTH.over(rt.aredis, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
+    hold_back = bool(settings.replicas_ack)
     while True:
         try:
-            earlier = await _enqueue_once(rt.aredis, rt.redis, settings, job, claim)
+            earlier = await _enqueue_once(rt.aredis, rt.redis, settings, job, claim, hold_back=hold_back)
             break
         except WatchError:
             continue
     if earlier is None:
-        if settings.replicas_ack:
+        if hold_back:
             await _confirm(rt, job.id)
+            await rt.aredis.execute_command(*_queue_push(job))
         metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     return earlier
 
 
 async def _confirm(rt: Runtime, job_id: str) -> None:
     """Return once REDIS_MIN_REPLICAS_ACK replicas hold the job; else withdraw it and raise
-    NotReplicated.
+    NotReplicated. Until then the job is written but on no queue: no worker can start it.
 
     WAIT counts the replicas that acknowledged the writes of the connection it runs on, and
     the job's MULTI went out on a pooled connection that is gone by now. So a write to the
     job's own hash (re-setting its TTL, a no-op) is sent after it with WAIT behind it in one
     round trip: the replication stream is ordered, so a replica that confirmed this write holds
-    the job too.
+    the job too. Then the caller pushes the job onto its queue and answers 202. Should that
+    push be lost in a failover, the job's confirmed state is in no queue and no registry, which
+    the reaper requeues (jobs/reaper.py).
 
-    Unconfirmed in time, the job is cancelled (not deleted: a worker may have taken it
-    already, and cancel.request stops it either way; its state says what happened) and the
-    client gets a 503 and retries. A repeat with the same Idempotency-Key (or within
-    DEDUPE_WINDOW_S) then makes a new job, as for any cancelled one. Had the job been left
-    queued, it would run for a client that was told it was refused.
+    Unconfirmed in time, the job is cancelled, so it never runs (it was never queued) and its
+    state says what happened, and the client gets a 503 and retries: a repeat with the same
+    Idempotency-Key (or within DEDUPE_WINDOW_S) makes a new job, as after any cancelled one.
+    Queued at once instead, a worker could have run it within the wait (seen: a 200 ms
+    download completed before the 503) for a client that was told it was refused.
     """
     settings = rt.settings
     async with rt.aredis.pipeline(transaction=False) as pipe:
@@ -190,17 +194,24 @@ async def _confirm(rt: Runtime, job_id: str) -> None:
     raise NotReplicated(acked)
 
 
+def _queue_push(job: state.JobRecord) -> tuple[str, ...]:
+    """RQ's own command that puts a new job on its queue (`Queue.push_job_id`)."""
+    return ("RPUSH", keys.rq_queue(job.queue), job.id)
+
+
 async def _enqueue_once(
     aconn: aioredis.Redis,
     conn: redis.Redis,
     settings: Settings,
     job: state.JobRecord,
     claim: Claim | None,
+    *,
+    hold_back: bool,
 ) -> str | None:
     with tracing.producer_span(job.queue, job.id):
         # the worker continues this trace (download.run)
         job.traceparent = job.traceparent or tracing.current_traceparent()
-        script = _writes(conn, settings, job, claim)
+        script = _writes(conn, settings, job, claim, hold_back=hold_back)
     async with aconn.pipeline(transaction=True) as pipe:
         if claim:
             await pipe.watch(claim.key)
@@ -240,9 +251,10 @@ async def _replayable(pipe: Any, job_id: str) -> bool:
 
 
 def _writes(
-    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
+    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None, *, hold_back: bool
 ) -> tuple[Any, ...]:
-    """Every write of a new job (ours and RQ's own) as one EVAL command.
+    """Every write of a new job (ours and RQ's own) as one EVAL command; with `hold_back`,
+    all but the push onto its queue (`_queue_push`, sent once replicas confirmed the rest).
 
     RQ's enqueue_call records its commands on a pipeline of the sync client, which is never
     executed: nothing here talks to Redis.
@@ -267,6 +279,11 @@ def _writes(
             on_failure=Callback(download.on_failure),
             pipeline=writes,
         )
+        if hold_back:
+            push = [i for i, (args, _) in enumerate(writes.command_stack) if args == _queue_push(job)]
+            if len(push) != 1:
+                raise RuntimeError(f"RQ's enqueue no longer pushes with {_queue_push(job)[0]}")
+            del writes.command_stack[push[0]]
         return _as_one_script(writes)
 
 
