@@ -173,7 +173,9 @@ async def _confirm(rt: Runtime, job_id: str) -> None:
     round trip: the replication stream is ordered, so a replica that confirmed this write holds
     the job too. Then the caller pushes the job onto its queue and answers 202. Should that
     push be lost in a failover, the job's confirmed state is in no queue and no registry, which
-    the reaper requeues (jobs/reaper.py).
+    the reaper requeues (jobs/reaper.py). Redis lost during the wait or the push: a 503 too
+    (RedisError), and the job is left to the reaper, which runs it; a retry with the same
+    Idempotency-Key (or within DEDUPE_WINDOW_S) gets that job back.
 
     Unconfirmed in time, the job is cancelled, so it never runs (it was never queued) and its
     state says what happened, and the client gets a 503 and retries: a repeat with the same
