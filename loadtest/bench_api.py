@@ -7,9 +7,9 @@
 3. initiate -> completed for a zero-delay single-file job with an idle worker (the job's own
    createdAt/finishedAt, server clocks), p50 and p99.                          target p50 <= 50 ms
 
-With --replica-ack, a replica of the private Redis is started too and (2) also runs against a
-second API that waits for it to confirm each job (REDIS_MIN_REPLICAS_ACK=1, Redis WAIT), to
-show what durable acceptance costs initiate: its ratio beside the one without.
+With --replica-ack, a replica of the private Redis is started too, and a second API that waits
+for it to confirm each job (REDIS_MIN_REPLICAS_ACK=1, Redis WAIT) is measured against the
+first, round by round (2b): what durable acceptance costs initiate.
 
 Every server is one uvicorn process (uvloop, httptools) on a private Redis and SeaweedFS S3.
 The real API logs as `delineate api` does (JSON, one access line per request; app_from_env
@@ -109,7 +109,13 @@ def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, floa
 
 
 def side_by_side(
-    bare_url: str, real_url: str, name: str, args: argparse.Namespace, script: Path | None, target: str
+    bare_url: str,
+    real_url: str,
+    name: str,
+    args: argparse.Namespace,
+    script: Path | None,
+    target: str,
+    base: str = "bare",
 ) -> float:
     """Bare and real in alternation, round after round: the machine's drift (a shared VM's
     throughput moved by 30 % within minutes here) hits both sides of each round alike. The
@@ -120,7 +126,7 @@ def side_by_side(
         r_rps, r_p99 = wrk(real_url, args.seconds, script)
         ratios.append(r_rps / b_rps)
         print(
-            f"   round {round_no}: bare {b_rps:6.0f} req/s p99 {b_p99:6.1f} ms | "
+            f"   round {round_no}: {base} {b_rps:6.0f} req/s p99 {b_p99:6.1f} ms | "
             f"{name} {r_rps:6.0f} req/s p99 {r_p99:6.1f} ms | ratio {ratios[-1]:.2f}"
         )
     print(f"   {name}: median ratio {statistics.median(ratios):.2f} (target >= {target})")
@@ -175,7 +181,7 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         )
         side_by_side(f"{bare}/get", f"{real}/v1/download/status/{job}", "status", args, None, "0.60")
         print("2. initiate vs bare Queue.enqueue in the thread pool")
-        plain = side_by_side(
+        side_by_side(
             f"{bare}/enqueue", f"{real}/v1/download/initiate", "initiate", args, lua, "1.00, p99 <= 150 ms"
         )
         if args.replica_ack:
@@ -186,21 +192,18 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
             harness.wait_until(lambda: harness.replica_synced(replica), 10, "replica synced")
             acked_port = harness.free_port()
             acked_env = {**real_env, "REDIS_MIN_REPLICAS_ACK": "1"}
-            procs.append(
-                serve("api-acked", "service.api.app:app_from_env", acked_env, acked_port, logs, service)
-            )
-            print(
-                "2b. initiate with REDIS_MIN_REPLICAS_ACK=1 (one replica confirms each job) vs the same bare"
-            )
-            acked = side_by_side(
-                f"{bare}/enqueue",
+            app = "service.api.app:app_from_env"
+            procs.append(serve("api-acked", app, acked_env, acked_port, logs, service))
+            print("2b. initiate with REDIS_MIN_REPLICAS_ACK=1 (a replica confirms each job) vs without")
+            side_by_side(
+                f"{real}/v1/download/initiate",
                 f"http://127.0.0.1:{acked_port}/v1/download/initiate",
                 "initiate+WAIT",
                 args,
                 lua,
-                "-",
+                "- (what durable acceptance keeps)",
+                base="initiate",
             )
-            print(f"   durable acceptance keeps {acked / plain:.2f} of initiate's throughput")
 
         print(
             f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"
