@@ -3,8 +3,9 @@
 `worker --queues small,large,webhooks` picks the queues one worker serves, so small-job,
 large-job and webhook pools run and scale apart (docs/jobs.md); all three by default.
 
-`dev` is what `make run` runs: embedded Redis and S3 when REDIS_URL / S3_ENDPOINT are unset,
-demo files in the bucket, then the API and a worker as child processes until Ctrl+C.
+`dev` is what `make run` runs: an embedded Redis unless REDIS_URL or REDIS_SENTINELS is set, an
+embedded S3 unless S3_ENDPOINT is, demo files in the bucket, then the API and a worker as child
+processes until Ctrl+C.
 """
 
 from __future__ import annotations
