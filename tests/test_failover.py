@@ -145,8 +145,8 @@ def test_a_primary_killed_mid_traffic_loses_no_accepted_job(ha, tmp_path, s3_ser
     old_port = ha.sentinels.primary_port()
     with running_stack(env, tmp_path / "logs", workers=2) as stack:
         # both workers running before the kill (one constructed during the outage exits 1)
-        primary = redis.Redis.from_url(ha.primary.url)
-        wait_until(lambda: len(Worker.all(connection=primary)) == 2, 30, "two workers registered")
+        with redis.Redis.from_url(ha.primary.url) as primary:
+            wait_until(lambda: len(Worker.all(connection=primary)) == 2, 30, "two workers registered")
         initiator = Initiator(stack.url)
         initiator.start()
         wait_until(lambda: len(initiator.accepted()) >= 15, 30, "jobs accepted before the kill")
