@@ -7,6 +7,10 @@
 3. initiate -> completed for a zero-delay single-file job with an idle worker (the job's own
    createdAt/finishedAt, server clocks), p50 and p99.                          target p50 <= 50 ms
 
+With --replica-ack, a replica of the private Redis is started too, and a second API that waits
+for it to confirm each job (REDIS_MIN_REPLICAS_ACK=1, Redis WAIT) is measured against the
+first, round by round (2b): what durable acceptance costs initiate.
+
 Every server is one uvicorn process (uvloop, httptools) on a private Redis and SeaweedFS S3.
 The real API logs as `delineate api` does (JSON, one access line per request; app_from_env
 configures it), with a rate-limit budget and QUEUE_MAX_DEPTH too large to refuse anything and
@@ -14,7 +18,7 @@ PER_CLIENT_MAX_ACTIVE_JOBS=0 (every request comes from one client). Replaces the
 observability/bench/status_throughput.py.
 Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compare within a run).
 
-    .venv/bin/python loadtest/bench_api.py [--seconds 5] [--rounds 3]
+    .venv/bin/python loadtest/bench_api.py [--seconds 5] [--rounds 3] [--replica-ack]
 """
 
 from __future__ import annotations
@@ -105,8 +109,14 @@ def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, floa
 
 
 def side_by_side(
-    bare_url: str, real_url: str, name: str, args: argparse.Namespace, script: Path | None, target: str
-) -> None:
+    bare_url: str,
+    real_url: str,
+    name: str,
+    args: argparse.Namespace,
+    script: Path | None,
+    target: str,
+    base: str = "bare",
+) -> float:
     """Bare and real in alternation, round after round: the machine's drift (a shared VM's
     throughput moved by 30 % within minutes here) hits both sides of each round alike. The
     median of the per-round ratios is the figure."""
@@ -116,10 +126,11 @@ def side_by_side(
         r_rps, r_p99 = wrk(real_url, args.seconds, script)
         ratios.append(r_rps / b_rps)
         print(
-            f"   round {round_no}: bare {b_rps:6.0f} req/s p99 {b_p99:6.1f} ms | "
+            f"   round {round_no}: {base} {b_rps:6.0f} req/s p99 {b_p99:6.1f} ms | "
             f"{name} {r_rps:6.0f} req/s p99 {r_p99:6.1f} ms | ratio {ratios[-1]:.2f}"
         )
     print(f"   {name}: median ratio {statistics.median(ratios):.2f} (target >= {target})")
+    return statistics.median(ratios)
 
 
 def main() -> None:
@@ -129,6 +140,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=200, help="jobs for the latency figure")
+    parser.add_argument(
+        "--replica-ack", action="store_true", help="also initiate with a replica confirming each job (WAIT)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -170,6 +184,26 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         side_by_side(
             f"{bare}/enqueue", f"{real}/v1/download/initiate", "initiate", args, lua, "1.00, p99 <= 150 ms"
         )
+        if args.replica_ack:
+            replica = harness.start_redis(
+                home / "replica", binary=shutil.which("redis-server"), replica_of=backends.redis
+            )
+            procs.append(replica)
+            harness.wait_until(lambda: harness.replica_synced(replica), 10, "replica synced")
+            acked_port = harness.free_port()
+            acked_env = {**real_env, "REDIS_MIN_REPLICAS_ACK": "1"}
+            app = "service.api.app:app_from_env"
+            procs.append(serve("api-acked", app, acked_env, acked_port, logs, service))
+            print("2b. initiate with REDIS_MIN_REPLICAS_ACK=1 (a replica confirms each job) vs without")
+            side_by_side(
+                f"{real}/v1/download/initiate",
+                f"http://127.0.0.1:{acked_port}/v1/download/initiate",
+                "initiate+WAIT",
+                args,
+                lua,
+                "- (what durable acceptance keeps)",
+                base="initiate",
+            )
 
         print(
             f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"

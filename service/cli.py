@@ -3,8 +3,9 @@
 `worker --queues small,large,webhooks` picks the queues one worker serves, so small-job,
 large-job and webhook pools run and scale apart (docs/jobs.md); all three by default.
 
-`dev` is what `make run` runs: embedded Redis and S3 when REDIS_URL / S3_ENDPOINT are unset,
-demo files in the bucket, then the API and a worker as child processes until Ctrl+C.
+`dev` is what `make run` runs: an embedded Redis unless REDIS_URL or REDIS_SENTINELS is set, an
+embedded S3 unless S3_ENDPOINT is, demo files in the bucket, then the API and a worker as child
+processes until Ctrl+C.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def _missing_dev_servers(settings: Settings) -> list[str]:
     from service import harness
 
     missing = []
-    if not settings.redis_url:
+    if not (settings.redis_url or settings.redis_sentinels):
         try:
             harness.redis_binary()
         except RuntimeError:
@@ -238,7 +239,7 @@ def _run_dev(settings: Settings, env: dict[str, str], home: Path) -> int:
     servers: list[harness.Server] = []
     children: list[subprocess.Popen[bytes]] = []
     try:
-        if not settings.redis_url:
+        if not (settings.redis_url or settings.redis_sentinels):  # Sentinel: the servers it names
             redis_server = harness.start_redis(home / "redis")
             servers.append(redis_server)
             env["REDIS_URL"] = redis_server.url
@@ -314,8 +315,8 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
     from service.runtime import Runtime
     from service.webhooks import delivery
 
-    if not settings.redis_url:
-        print("delineate webhooks: REDIS_URL must be set", file=sys.stderr)
+    if not (settings.redis_url or settings.redis_sentinels):
+        print("delineate webhooks: REDIS_URL or REDIS_SENTINELS must be set", file=sys.stderr)
         return 2
     rt = Runtime.open(settings, s3_pool_size=1)
     try:

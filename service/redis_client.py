@@ -1,4 +1,13 @@
-"""Redis clients with redis-py's own retry (exponential backoff with jitter) on connection errors."""
+"""Redis clients with redis-py's own retry (exponential backoff with jitter) on connection errors.
+
+Every Redis user of a process (RQ and the worker, the reaper, the API's routes, rate limiter,
+event hub and metrics collector) gets its client from `Runtime`, which builds them here: on
+REDIS_URL's one server, or with REDIS_SENTINELS on the primary the sentinels name. A
+Sentinel-managed client asks the sentinels where the primary is whenever it opens a
+connection, and drops a connection that finds a demoted primary, so after a failover the next
+command reaches the new primary without a restart; while no primary exists a command fails
+within its retries (MasterNotFoundError, a ConnectionError: the API's 503).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,14 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
+
+from service.settings import Settings
 
 RETRY_ON = [ConnectionError, TimeoutError]
 # redis-py 8 caps a pool at 100 connections unless told (before: 2**31) and raises
@@ -31,9 +44,8 @@ def _options() -> dict[str, object]:
 
 def sync_client(url: str, *, max_connections: int | None = None) -> redis.Redis:
     """For RQ and the worker (RQ is synchronous); threads share its connection pool."""
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
     pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
-    return redis.Redis.from_url(url, retry=retry, max_connections=pool_size, **_options())
+    return redis.Redis.from_url(url, retry=_sync_retry(), max_connections=pool_size, **_options())
 
 
 def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
@@ -43,11 +55,85 @@ def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Re
     request, and decoding it field by field in Python was a measurable part of that request
     (docs/benchmarks.md).
     """
-    retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2)
     pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
     return aioredis.Redis.from_url(
-        url, retry=retry, max_connections=pool_size, decode_responses=True, **_options()
+        url, retry=_async_retry(), max_connections=pool_size, decode_responses=True, **_options()
     )
+
+
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, closed when a read is interrupted.
+
+    Its `read_response` defaults `disconnect_on_error` to False where a plain Connection's is
+    True: an exception raised into a blocking read (the worker's SIGTERM interrupts RQ's
+    dequeue) left the connection in the pool with the unread reply, and the next command on
+    it read that reply instead of its own (RQ's deregistration failed with "Wrong number of
+    response items"). A plain connection drops itself then; so does this one.
+    """
+
+    def read_response(self, *args: Any, disconnect_on_error: bool | None = True, **kwargs: Any) -> Any:
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+
+def sync_primary(settings: Settings) -> redis.Redis:
+    """`sync_client` on REDIS_URL, or on the primary REDIS_SENTINELS name."""
+    if not settings.redis_sentinels:
+        return sync_client(_url(settings))
+    sentinel = redis.sentinel.Sentinel(settings.sentinel_addresses, **_sentinel_options(settings))
+    return sentinel.master_for(  # type: ignore[no-any-return]
+        settings.redis_sentinel_master,
+        connection_class=_SentinelConnection,
+        retry=_sync_retry(),
+        max_connections=DEFAULT_MAX_CONNECTIONS,
+        **_primary_options(settings),
+    )
+
+
+def async_primary(settings: Settings) -> aioredis.Redis:
+    """`async_client` on REDIS_URL, or on the primary REDIS_SENTINELS name."""
+    if not settings.redis_sentinels:
+        return async_client(_url(settings))
+    sentinel = redis.asyncio.sentinel.Sentinel(settings.sentinel_addresses, **_sentinel_options(settings))
+    return sentinel.master_for(  # type: ignore[no-any-return]
+        settings.redis_sentinel_master,
+        retry=_async_retry(),
+        max_connections=DEFAULT_MAX_CONNECTIONS,
+        decode_responses=True,
+        **_primary_options(settings),
+    )
+
+
+def _url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise RuntimeError(
+            "REDIS_URL or REDIS_SENTINELS must be set (`delineate dev` starts an embedded Redis)"
+        )
+    return settings.redis_url
+
+
+def _sync_retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
+
+
+def _async_retry() -> AsyncRetry:
+    return AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=2)
+
+
+def _sentinel_options(settings: Settings) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: short timeouts (a dead sentinel is skipped)."""
+    password = settings.redis_sentinel_password
+    return {
+        "sentinel_kwargs": {
+            "socket_timeout": 0.5,
+            "socket_connect_timeout": 0.5,
+            "password": password.get_secret_value() if password else None,
+        }
+    }
+
+
+def _primary_options(settings: Settings) -> dict[str, Any]:
+    password = settings.redis_password
+    return {**_options(), "password": password.get_secret_value() if password else None}
 
 
 class TurnPipeline:

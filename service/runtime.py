@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from service.redis_client import TurnPipeline, async_client, sync_client
+from service.redis_client import TurnPipeline, async_primary, sync_primary
 from service.settings import Settings
 from service.storage.s3 import Storage
 from service.telemetry import s3 as s3_telemetry
@@ -35,16 +35,14 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings, *, s3_pool_size: int, s3_timeout_s: float | None = None) -> Runtime:
-        if not settings.redis_url:
-            raise RuntimeError("REDIS_URL must be set (`delineate dev` starts an embedded Redis)")
         from service.webhooks import delivery
 
-        aredis = async_client(settings.redis_url)
+        aredis = async_primary(settings)
         storage = Storage.from_settings(settings, pool_size=s3_pool_size, timeout_s=s3_timeout_s)
         s3_telemetry.instrument(storage.client)
         return cls(
             settings=settings,
-            redis=sync_client(settings.redis_url),
+            redis=sync_primary(settings),
             aredis=aredis,
             batched=TurnPipeline(aredis),
             storage=storage,

@@ -55,8 +55,17 @@ class Settings(BaseSettings):
     sse_max_stream_s: float = Field(300, gt=0)
     sse_retry_ms: int = Field(2_000, ge=100)
 
-    # Redis
+    # Redis: one server (REDIS_URL), or the primary that Sentinel names (REDIS_SENTINELS)
     redis_url: str | None = None
+    redis_sentinels: Annotated[list[str], NoDecode] = []  # host:port of each sentinel
+    redis_sentinel_master: str = Field("delineate", min_length=1)  # the name sentinels monitor
+    redis_sentinel_password: SecretStr | None = None  # the sentinels' own requirepass
+    redis_password: SecretStr | None = None  # the primary's and replicas' (with REDIS_SENTINELS)
+    # Replicas that must confirm a new job before its 202; unset: 1 with Sentinel, else 0
+    redis_min_replicas_ack: int | None = Field(None, ge=0, le=16)
+    # How long a new job waits for those replicas, then 503 and the job is withdrawn; below
+    # the clients' 5 s socket timeout (redis_client.py), which would cut the WAIT first
+    redis_ack_timeout_ms: int = Field(500, ge=10, le=4_000)
 
     # S3
     s3_endpoint: str | None = None
@@ -119,7 +128,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("cors_origins", "trusted_proxies", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "cors_origins", "trusted_proxies", "webhook_allowed_hosts", "redis_sentinels", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -133,10 +144,22 @@ class Settings(BaseSettings):
             ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port")
+        return value
+
+    @field_validator(
+        "webhook_secret", "redis_sentinel_password", "redis_password", "redis_min_replicas_ack", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """`WEBHOOK_SECRET=` (compose's `${WEBHOOK_SECRET:-}`) means webhooks off, not an error."""
+        """`WEBHOOK_SECRET=` (compose's `${WEBHOOK_SECRET:-}`) means webhooks off, not an error;
+        likewise an empty Redis password or REDIS_MIN_REPLICAS_ACK means unset."""
         return None if value == "" else value
 
     @field_validator("webhook_secret")
@@ -184,6 +207,21 @@ class Settings(BaseSettings):
             raise ValueError("JOB_OUTAGE_ALLOWANCE_S must be less than JOB_TIMEOUT_S")
         return self
 
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty: REDIS_URL names the one server."""
+        return [
+            (host, int(port)) for host, _, port in (item.rpartition(":") for item in self.redis_sentinels)
+        ]
+
+    @property
+    def replicas_ack(self) -> int:
+        """How many replicas must confirm a new job's writes before its 202 (REDIS_MIN_REPLICAS_ACK):
+        by default 1 with Sentinel (a failover must not lose an accepted job), else 0."""
+        if self.redis_min_replicas_ack is not None:
+            return self.redis_min_replicas_ack
+        return 1 if self.redis_sentinels else 0
+
     @cached_property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
@@ -201,6 +239,6 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for error in exc.errors():
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
-            shown = "" if "SECRET" in name else f" (got {error.get('input')!r})"
+            shown = "" if "SECRET" in name or "PASSWORD" in name else f" (got {error.get('input')!r})"
             lines.append(f"invalid setting {name}: {error['msg']}{shown}")
         raise SettingsError("\n".join(lines)) from None

@@ -16,7 +16,7 @@ import pytest
 
 from service import harness
 from service.harness import Stack, running_stack
-from tests.skips import pytest_terminal_summary  # noqa: F401  (a hook: pytest finds it by name)
+from tests.skips import pytest_terminal_summary as summarise_skips
 from tests.support import LARGE_FILE_BYTES, LARGE_FILE_ID, TEST_BUCKET, base_env
 from tests.tracing import OtlpReceiver, running_receiver
 
@@ -95,3 +95,20 @@ def otlp() -> Iterator[OtlpReceiver]:
     """An OTLP/HTTP trace receiver for one test (`tests.tracing.traced_env` points a stack at it)."""
     with running_receiver() as receiver:
         yield receiver
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures drills measured (`record_property("figures", ...)`) after the run:
+    with `-q` and xdist a passing test's own output is never shown. Then the suites skipped for a
+    missing binary (tests/skips.py), as the last line."""
+    figures = [
+        f"{report.nodeid}: {value}"
+        for report in terminalreporter.getreports("passed")
+        for name, value in report.user_properties
+        if name == "figures"
+    ]
+    if figures:
+        terminalreporter.write_sep("-", "figures")
+        for line in figures:
+            terminalreporter.write_line(line)
+    summarise_skips(terminalreporter)

@@ -264,6 +264,7 @@ def test_compose_config_is_valid_and_resolves_env_like_these_tests(tmp_path):
     """The real Compose v2 parser: schema, merges, interpolation; then our own reading must agree."""
     binary = compose_binary()
     run = [*binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--profile", "loadtest"]
+    run += ["--profile", "ha"]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # an empty shell: the defaults apply
     result = subprocess.run([*run, "config", "--format", "json"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -800,3 +801,23 @@ def test_bucket_init_script_uploads_every_seed_file_and_fails_loudly(tmp_path):
     assert uploaded == sorted(f"delineate/{bucket}/downloads/{i}.zip" for i in harness.DEMO_FILE_IDS)
     assert run(MC_FAIL="cp").returncode != 0, "a failed upload must fail the one-shot"
     assert run(SEED_DIR=str(tmp_path)).returncode != 0, "no demo files must fail the one-shot"
+
+
+def test_ha_profile_runs_redis_as_redis_runs_with_a_replica_and_three_sentinels():
+    """`--profile ha` (docs/runbooks/redis-failover.md): the same durable Redis twice, and three
+    sentinels whose quorum is a majority, monitoring the name the service asks them for."""
+    ha = {name: service for name, service in services().items() if service.get("profiles") == ["ha"]}
+    sentinels = sorted(name for name in ha if name.startswith("redis-sentinel-"))
+    assert set(ha) == {"redis-primary", "redis-replica", *sentinels} and len(sentinels) == 3
+    durable = services()["redis"]["command"]
+    for name in ("redis-primary", "redis-replica"):
+        assert ha[name]["command"][: len(durable)] == durable, f"{name} runs Redis unlike `redis`"
+        assert ha[name]["image"] == services()["redis"]["image"]
+    replica = ha["redis-replica"]["command"]
+    at = replica.index("--replicaof")
+    assert replica[at + 1 : at + 3] == ["redis-primary", "6379"]
+    master = Settings.model_fields["redis_sentinel_master"].default
+    for name in sentinels:
+        script = " ".join(ha[name]["command"])
+        assert f"sentinel monitor {master} redis-primary 6379 2" in script, script
+        assert script.rstrip().endswith("--sentinel"), script

@@ -110,7 +110,7 @@ def create_app(settings: Settings) -> Starlette:
         settings, s3_pool_size=REQUEST_LANE_THREADS, s3_timeout_s=settings.s3_request_timeout_s
     )
     s3_lane = RequestLane(runtime.storage, settings.s3_request_timeout_s)
-    hub = EventHub(runtime.aredis)
+    hub = EventHub(runtime.aredis, sweep_s=settings.sse_heartbeat_s)  # a missed change: one heartbeat late
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,6 +8,13 @@ stream id), so an event landing between the two is neither lost nor sent twice.
 
 When many streams end together, WindDown lets the events still waiting to go out pass before
 the finished streams' own ending (see there).
+
+Pub/sub delivers at most once: a message published while the subscription is being re-made,
+or on a primary the hub is not subscribed to (after a Redis failover the sentinels can demote a
+freshly promoted primary and promote another, while the hub's connection stays on the first),
+is never seen. So every `sweep_s` the hub also reads the stream of each job with local
+subscribers from its cursor, as it does after reconnecting: a missed change reaches its
+streams within one sweep, at the cost of one XRANGE per watched job per sweep.
 """
 
 from __future__ import annotations
@@ -166,8 +173,9 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class EventHub:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, sweep_s: float = 15.0) -> None:
         self.redis = redis
+        self.sweep_s = sweep_s
         self._subscribers: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}
         self._dirty: set[str] = set()
@@ -180,6 +188,7 @@ class EventHub:
         self._tasks = [
             asyncio.create_task(self._listen(), name="event-hub"),
             asyncio.create_task(self._wake_on_close(), name="event-hub-close"),
+            asyncio.create_task(self._sweep(), name="event-hub-sweep"),
         ]
 
     async def stop(self) -> None:
@@ -239,6 +248,13 @@ class EventHub:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def _sweep(self) -> None:
+        """Catch up on changes whose pub/sub message never arrived (see the module's docstring)."""
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            for job_id in list(self._subscribers):
+                self._notify(job_id)
 
     def _notify(self, job_id: str) -> None:
         self._dirty.add(job_id)

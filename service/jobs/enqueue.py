@@ -6,12 +6,18 @@ job without state, nor state for a job that was not queued. Small jobs and large
 separate queues that workers serve round-robin (keys.DOWNLOAD_QUEUES), so a burst of
 1,000-file jobs cannot starve the one-file ones (docs/jobs.md). RQ runs `download.run`.
 
+With REDIS_MIN_REPLICAS_ACK (1 by default under Sentinel) a new job is answered only once that
+many replicas confirmed it (`_confirm`): replication is asynchronous, and a primary that dies
+right after the 202 would otherwise take an accepted job with it.
+
 The queue depth is read here too: QUEUE_MAX_DEPTH's check, and the scrape-time collector
 behind `delineate_queue_depth` and `delineate_rq_workers` (`QueueCollector`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -30,7 +36,7 @@ from rq import Callback, Queue, Retry
 from rq.worker import Worker
 
 from service import keys
-from service.jobs import download, state
+from service.jobs import cancel, download, state
 from service.settings import Settings
 from service.telemetry import metrics, tracing
 
@@ -59,6 +65,11 @@ class TooManyActive(Exception):
 
 class IdempotencyConflict(Exception):
     """The same Idempotency-Key came with a different body (422)."""
+
+
+class NotReplicated(Exception):
+    """Fewer than REDIS_MIN_REPLICAS_ACK replicas confirmed the new job within
+    REDIS_ACK_TIMEOUT_MS (503): the job was withdrawn (cancelled), never half-accepted."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ async def submit(
     callback_url: str | None = None,
 ) -> Accepted:
     """Create and queue a job for `file_ids`, unless `body` repeats an earlier request (then
-    that job). Raises QueueFull, TooManyActive or IdempotencyConflict."""
+    that job). Raises QueueFull, TooManyActive, IdempotencyConflict or NotReplicated."""
     job = state.JobRecord(
         id=str(uuid.uuid4()),
         status=state.QUEUED,
@@ -137,11 +148,57 @@ async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None)
     if settings.queue_max_depth and await _DEPTH.over(rt.aredis, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
+    hold_back = bool(settings.replicas_ack)
     while True:
         try:
-            return await _enqueue_once(rt.aredis, rt.redis, settings, job, claim)
+            earlier = await _enqueue_once(rt.aredis, rt.redis, settings, job, claim, hold_back=hold_back)
+            break
         except WatchError:
             continue
+    if earlier is None:
+        if hold_back:
+            await _confirm(rt, job.id)
+            await rt.aredis.execute_command(*_queue_push(job))
+        metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    return earlier
+
+
+async def _confirm(rt: Runtime, job_id: str) -> None:
+    """Return once REDIS_MIN_REPLICAS_ACK replicas hold the job; else withdraw it and raise
+    NotReplicated. Until then the job is written but on no queue: no worker can start it.
+
+    WAIT counts the replicas that acknowledged the writes of the connection it runs on, and
+    the job's MULTI went out on a pooled connection that is gone by now. So a write to the
+    job's own hash (re-setting its TTL, a no-op) is sent after it with WAIT behind it in one
+    round trip: the replication stream is ordered, so a replica that confirmed this write holds
+    the job too. Then the caller pushes the job onto its queue and answers 202. Should that
+    push be lost in a failover, the job's confirmed state is in no queue and no registry, which
+    the reaper requeues (jobs/reaper.py). Redis lost during the wait or the push: a 503 too
+    (RedisError), and the job is left to the reaper, which runs it; a retry with the same
+    Idempotency-Key (or within DEDUPE_WINDOW_S) gets that job back.
+
+    Unconfirmed in time, the job is cancelled, so it never runs (it was never queued) and its
+    state says what happened, and the client gets a 503 and retries: a repeat with the same
+    Idempotency-Key (or within DEDUPE_WINDOW_S) makes a new job, as after any cancelled one.
+    Queued at once instead, a worker could have run it within the wait (seen: a 200 ms
+    download completed before the 503) for a client that was told it was refused.
+    """
+    settings = rt.settings
+    async with rt.aredis.pipeline(transaction=False) as pipe:
+        pipe.expire(keys.job(job_id), settings.job_ttl_s)
+        pipe.execute_command("WAIT", settings.replicas_ack, settings.redis_ack_timeout_ms)
+        _, acked = await pipe.execute()
+    if acked >= settings.replicas_ack:
+        return
+    metrics.JOBS_REJECTED.labels("not_replicated").inc()
+    with contextlib.suppress(cancel.AlreadyFinished):
+        await asyncio.to_thread(cancel.request, rt, job_id)
+    raise NotReplicated(acked)
+
+
+def _queue_push(job: state.JobRecord) -> tuple[str, ...]:
+    """RQ's own command that puts a new job on its queue (`Queue.push_job_id`)."""
+    return ("RPUSH", keys.rq_queue(job.queue), job.id)
 
 
 async def _enqueue_once(
@@ -150,11 +207,13 @@ async def _enqueue_once(
     settings: Settings,
     job: state.JobRecord,
     claim: Claim | None,
+    *,
+    hold_back: bool,
 ) -> str | None:
     with tracing.producer_span(job.queue, job.id):
         # the worker continues this trace (download.run)
         job.traceparent = job.traceparent or tracing.current_traceparent()
-        script = _writes(conn, settings, job, claim)
+        script = _writes(conn, settings, job, claim, hold_back=hold_back)
     async with aconn.pipeline(transaction=True) as pipe:
         if claim:
             await pipe.watch(claim.key)
@@ -180,7 +239,6 @@ async def _enqueue_once(
         pipe.multi()
         pipe.execute_command(*script)
         await pipe.execute()
-    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
     _DEPTH.added(aconn)
     return None
 
@@ -195,9 +253,10 @@ async def _replayable(pipe: Any, job_id: str) -> bool:
 
 
 def _writes(
-    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
+    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None, *, hold_back: bool
 ) -> tuple[Any, ...]:
-    """Every write of a new job (ours and RQ's own) as one EVAL command.
+    """Every write of a new job (ours and RQ's own) as one EVAL command; with `hold_back`,
+    all but the push onto its queue (`_queue_push`, sent once replicas confirmed the rest).
 
     RQ's enqueue_call records its commands on a pipeline of the sync client, which is never
     executed: nothing here talks to Redis.
@@ -222,6 +281,11 @@ def _writes(
             on_failure=Callback(download.on_failure),
             pipeline=writes,
         )
+        if hold_back:
+            push = [i for i, (args, _) in enumerate(writes.command_stack) if args == _queue_push(job)]
+            if len(push) != 1:
+                raise RuntimeError(f"RQ's enqueue no longer pushes with {_queue_push(job)[0]}")
+            del writes.command_stack[push[0]]
         return _as_one_script(writes)
 
 

@@ -88,8 +88,9 @@ QUEUE_WAIT = Histogram(
 )
 JOBS_REJECTED = Counter(
     "delineate_jobs_rejected",
-    "Initiate requests refused before a job was created: queue_full (QUEUE_MAX_DEPTH, 503) or "
-    "client_limit (PER_CLIENT_MAX_ACTIVE_JOBS, 429).",
+    "Initiate requests refused: queue_full (QUEUE_MAX_DEPTH, 503), client_limit "
+    "(PER_CLIENT_MAX_ACTIVE_JOBS, 429) or not_replicated (fewer than REDIS_MIN_REPLICAS_ACK "
+    "replicas confirmed the job in time, 503; the job was withdrawn).",
     ["reason"],
 )
 JOB_RETRIES = Counter(
@@ -161,7 +162,7 @@ def _initialise() -> None:
             JOB_DURATION.labels(queue, outcome)
     for outcome in ("delivered", "failed", "gave_up"):
         WEBHOOK_DELIVERIES.labels(outcome)
-    for reason in ("queue_full", "client_limit"):
+    for reason in ("queue_full", "client_limit", "not_replicated"):
         JOBS_REJECTED.labels(reason)
     JOBS_REAPED.labels("requeued", "orphaned")
     for reason in ("orphaned", "rq_missing", "rq_failed", "timeout"):

@@ -109,6 +109,9 @@ async def initiate(request: Request) -> JSONResponse:
     except enqueue.TooManyActive as exc:
         message = f"You already have {exc} unfinished jobs (PER_CLIENT_MAX_ACTIVE_JOBS); retry later"
         raise ApiError(429, message, retry_later) from None
+    except enqueue.NotReplicated:
+        message = "The job could not be stored durably (Redis replicas did not confirm it); retry"
+        raise ApiError(503, message, retry_later) from None
     except enqueue.IdempotencyConflict:
         raise ApiError(422, "This Idempotency-Key was used with a different request body") from None
     status_url = f"/v1/download/status/{job.job_id}"
