@@ -33,6 +33,7 @@ from service import harness, keys
 from service.harness import Proc, Stack, running_stack, start_api
 from service.jobs import reaper, state
 from service.runtime import Runtime
+from service.telemetry.logging import job_ref
 from tests import sse
 from tests.jobs import TERMINAL, create_job, initiate, plant_execution, runtime_on, wait_for
 from tests.support import base_env, require_binary
@@ -315,12 +316,13 @@ def _freeze_in_blpop(conn: redis.Redis, worker: Proc) -> None:
 
 
 def _reaped(workers: list[Proc]) -> set[str]:
-    """Job ids the reaper requeued, from the workers' JSON logs."""
+    """The jobs the reaper requeued, from the workers' JSON logs: their `job_ref`s (logs never
+    carry a job id)."""
     found = set()
     for worker in workers:
         for line in worker.output().splitlines():
             if '"job_reaped"' in line and '"requeued"' in line:
-                found.add(json.loads(line)["job_id"])
+                found.add(json.loads(line)["job"])
     return found
 
 
@@ -421,7 +423,7 @@ def test_kill_9_a_worker_20_times_loses_nothing_and_leaves_nothing_stuck(
         # a job orphaned before it started is invisible to RQ's cleanup: only the reaper saves it
         orphaned = {j for j, phase in phases.items() if phase in ORPHANED}
         assert ORPHANED[0] in phases.values(), "the frozen-worker rounds should orphan their jobs"
-        assert orphaned <= _reaped(workers), (orphaned, _reaped(workers))
+        assert {job_ref(job_id) for job_id in orphaned} <= _reaped(workers), (orphaned, _reaped(workers))
 
 
 def _left_queue(conn: redis.Redis, job_id: str) -> bool:

@@ -26,6 +26,7 @@ from rq.worker import Worker
 from service import harness, keys
 from service.harness import DEMO_FILE_IDS, running_stack, wait_until
 from service.settings import SettingsError, load_settings
+from service.telemetry.logging import job_ref
 from tests import sse
 from tests.jobs import initiate, wait_for
 from tests.support import TEST_BUCKET, base_env, require_binary
@@ -205,8 +206,9 @@ def test_a_primary_killed_mid_traffic_loses_no_accepted_job(ha, tmp_path, s3_ser
             if line.startswith("{"):
                 record = json.loads(line)
                 if record.get("event") == "job_stopped" and record.get("status") == "completed":
-                    completions[record["job_id"]] += 1
-    twice = {a.job_id: completions[a.job_id or ""] for a in accepted if completions[a.job_id or ""] != 1}
+                    completions[record["job"]] += 1
+    runs = {a.job_id: completions[job_ref(a.job_id or "")] for a in accepted}
+    twice = {job_id: count for job_id, count in runs.items() if count != 1}
     assert not twice, f"accepted jobs not completed exactly once: {twice}"
 
     unavailable = [a for a in answers if a.status == 503]
