@@ -67,7 +67,12 @@ def test_the_api_keeps_its_openapi_contract_under_fuzzing(make_stack, tmp_path):
         str(tmp_path),
     ]
     run = subprocess.run(
-        command, capture_output=True, text=True, timeout=150, env={**os.environ, "NO_COLOR": "1"}
+        command,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert run.returncode == 0, run.stdout[-30_000:] + run.stderr[-5_000:]
     assert "generated" in run.stdout and " passed" in run.stdout, run.stdout[-5_000:]
