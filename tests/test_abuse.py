@@ -49,6 +49,7 @@ def _one_response(sock: socket.socket) -> bytes:
     return head
 
 
+@pytest.mark.slow
 def test_a_head_that_never_completes_is_cut_after_http_read_timeout(make_stack):
     stack = make_stack(workers=0, HTTP_READ_TIMEOUT_S="1")
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -75,8 +76,21 @@ def test_a_head_over_16_kib_is_a_431_and_a_normal_one_passes(stack):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + more + b"\r\n")
         answer = _read_all(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    with _connect(stack.url) as sock:  # a head that grows over several reads and never ends
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 10_000 + b"\r\n")
+        _one_read_later(stack)
+        sock.sendall(b"X-B: " + b"b" * 10_000 + b"\r\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
+def _one_read_later(stack) -> None:
+    """A request on another connection: by its answer, the API has read what came before."""
+    with httpx.Client(base_url=stack.url) as client:
+        assert client.get("/health/live").status_code == 200
+
+
+@pytest.mark.slow
 def test_a_trickled_body_is_a_408_after_http_read_timeout(make_stack):
     stack = make_stack(workers=0, HTTP_READ_TIMEOUT_S="1")
     with _connect(stack.url) as sock:
@@ -104,6 +118,7 @@ def test_sse_to_an_http_1_0_client_is_not_chunked(stack):
     assert b"event: snapshot" in body and job_id.encode() in body
 
 
+@pytest.mark.slow
 def test_sse_streams_are_capped_per_client_and_per_process(make_stack):
     stack = make_stack(
         workers=0,  # jobs stay queued: streams stay open
@@ -147,6 +162,7 @@ def test_sse_streams_are_capped_per_client_and_per_process(make_stack):
             wait_until(reopened, 10, "a stream slot given back")
 
 
+@pytest.mark.slow
 def test_the_connection_limit_answers_503_instead_of_running_out_of_descriptors(make_stack):
     stack = make_stack(workers=0, API_MAX_CONNECTIONS="4")
     idle = [_connect(stack.url) for _ in range(4)]
@@ -198,6 +214,7 @@ def test_concurrent_initiates_from_one_client_are_one_redis_step_each(make_stack
     assert conn.zcard(keys.client_active("127.0.0.1")) == count
 
 
+@pytest.mark.slow
 def test_the_per_client_limit_holds_under_a_concurrent_burst(make_stack):
     stack = make_stack(workers=0, PER_CLIENT_MAX_ACTIVE_JOBS="5")
 

@@ -164,9 +164,7 @@ async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None)
     return None
 
 
-def _writes(
-    conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None
-) -> list[Any]:
+def _writes(conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None) -> list[Any]:
     """Every write of a new job (ours and RQ's own), packed as ADMIT's ARGV tail.
 
     RQ's enqueue_call records its commands on a pipeline of the sync client, which is never
