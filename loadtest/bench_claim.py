@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-from pathlib import Path
 
 import httpx
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from loadtest.backends import LOAD_SETTINGS
-from loadtest.procstat import children_of, usage
+from backends import LOAD_SETTINGS
+from procstat import children_of, usage
 from service.harness import private_backends, running_stack
 
 
