@@ -55,8 +55,8 @@ LAST_EVENT_ID = {
         "with a snapshot."
     ),
 }
-# What a job's other operations take from initiate's answer: the links schemathesis follows
-# (initiate -> status -> stream -> file -> cancel) in make test's stateful fuzzing.
+# What a job's operations take from initiate's and status's answers: the links schemathesis
+# follows (initiate -> status -> stream -> file -> cancel) in make test's stateful fuzzing.
 JOB_LINKS = {
     name: {"operationId": name, "parameters": {"job_id": "$response.body#/jobId"}}
     for name in ("status", "stream", "file", "cancel", "cancelByPost")
@@ -189,7 +189,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "status",
             "summary": "A job's status and progress (Retry-After while it runs)",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(STATUS, "Job status"), **_errors(404, 410, 429, 503)},
+            "responses": {
+                "200": _json(STATUS, "Job status") | {"links": JOB_LINKS},
+                **_errors(404, 410, 429, 503),
+            },
         }
     },
     "/v1/download/{job_id}/file": {
