@@ -172,6 +172,8 @@ def test_the_connection_limit_answers_503_instead_of_running_out_of_descriptors(
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             answer = _read_all(sock)
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"retry-after: " in head.lower() and b"API_MAX_CONNECTIONS" in body, answer
     finally:
         for sock in idle:
             sock.close()

@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import resource
 from functools import cache
+from typing import Any
 
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api.errors import UNAVAILABLE_RETRY_AFTER_S, error_body
+from service.api.responses import JSONResponse
 from service.settings import Settings, load_settings
 
 HEAD_MAX_BYTES = 16 * 1024
@@ -41,6 +45,13 @@ def connection_limit(settings: Settings) -> int:
 @cache
 def _read_timeout_s() -> float:
     return load_settings().http_read_timeout_s  # the same environment the app reads
+
+
+async def over_connection_limit(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's answer past its connection limit, as ours: JSON, with Retry-After."""
+    message = "This server holds all the connections it may (API_MAX_CONNECTIONS); retry shortly"
+    headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S), "Connection": "close"}
+    await JSONResponse(error_body(503, message, None), 503, headers=headers)(scope, receive, send)
 
 
 class HeadTooLarge(Exception):
@@ -103,6 +114,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX_BYTES and not self.transport.is_closing():
             self._send_431()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        super()._start_asgi_task(cycle, over_connection_limit if app is service_unavailable else app)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error; 431 when the error was a head over the limit."""
