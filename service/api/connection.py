@@ -7,7 +7,11 @@ complete within HTTP_READ_TIMEOUT_S of its first byte (or of the connection's op
 the connection is closed, and may hold HEAD_MAX_BYTES of request line and headers, else 431,
 as the original Node service answered (Node's default limit is 16 KiB too). The body's own
 timeout is the route's (service/api/schemas.py: read_body). The process's connection limit,
-derived from its file-descriptor limit, is here too.
+derived from its file-descriptor limit, is here too, and so is the answer past it: uvicorn's
+bare-text 503 replaced by our JSON one with Retry-After.
+
+Built on uvicorn's HttpToolsProtocol internals (its parser callbacks, `_start_asgi_task`):
+tests/test_abuse.py covers each override, so an uvicorn upgrade that moves them fails there.
 """
 
 from __future__ import annotations
