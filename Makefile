@@ -49,6 +49,7 @@ bench: $(BIN)/delineate
 	$(BIN)/python loadtest/bench_api.py
 	$(BIN)/python loadtest/bench_sse.py
 	$(BIN)/python loadtest/bench_redis_memory.py
+	$(BIN)/python loadtest/bench_claim.py
 
 # 1,000 concurrent 60 s+ downloads on this box, judged against the capacity aims (about 3 min).
 capacity: $(BIN)/delineate

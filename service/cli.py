@@ -111,12 +111,16 @@ def run_api(settings: Settings) -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from service.api.connection import BoundedHttpToolsProtocol, connection_limit
+
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.api_workers,
+        http=BoundedHttpToolsProtocol,  # a request head's size and time are bounded
+        limit_concurrency=connection_limit(settings),  # 503 rather than running out of fds
         timeout_keep_alive=settings.uvicorn_keepalive_s,
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
         proxy_headers=False,  # EdgeMiddleware decides, with TRUSTED_PROXIES

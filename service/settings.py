@@ -50,10 +50,14 @@ class Settings(BaseSettings):
     rate_limit_max_requests: int = Field(100, ge=1)
     poll_interval_s: int = Field(2, ge=1, le=300)
     uvicorn_keepalive_s: int = Field(75, ge=1)
+    http_read_timeout_s: float = Field(15, gt=0, le=300)  # a request's head, and its body, arrive within
+    api_max_connections: int = Field(0, ge=0)  # per process; 0 = derived from the fd limit (cli.py)
     api_workers: int = Field(1, ge=1, le=64)
     sse_heartbeat_s: float = Field(15, gt=0)
     sse_max_stream_s: float = Field(300, gt=0)
     sse_retry_ms: int = Field(2_000, ge=100)
+    sse_max_streams: int = Field(0, ge=0)  # per process; 0 = half of the connection limit
+    sse_max_streams_per_client: int = Field(20, ge=1)  # per process
 
     # Redis: one server (REDIS_URL), or the primary that Sentinel names (REDIS_SENTINELS)
     redis_url: str | None = None

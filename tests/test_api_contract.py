@@ -239,3 +239,69 @@ def test_status_carries_retry_after_while_running(make_stack):
         hints = {int(client.get(f"/v1/download/status/{job_id}").headers["retry-after"]) for _ in range(40)}
         assert hints <= {1, 2, 3} and len(hints) >= 2, hints
         assert client.get(f"/v1/download/{job_id}/file").status_code == 409
+
+
+DEEP = b"[" * 60_000  # 60 KB of nesting: json's parser recursed until RecursionError, a 500
+
+
+@pytest.mark.parametrize("path", ["/v1/download/initiate", "/v1/download/check", "/v1/download/start"])
+def test_deeply_nested_json_is_a_400_not_a_500(stack, path):
+    with stack.client() as client:
+        for body in (DEEP, b'{"file_ids": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"):
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert response.json()["requestId"] == response.headers["x-request-id"]
+
+
+def test_integral_floats_are_integers_as_in_the_original_service(stack):
+    with stack.client() as client:
+        found = client.post("/v1/download/check", content=b'{"file_id": 70000.0}', headers=JSON)
+        assert found.status_code == 200, found.text
+        assert found.json()["file_id"] == 70000 and found.json()["available"] is True
+        accepted = client.post("/v1/download/initiate", content=b'{"file_ids": [70000.0, 1e4]}', headers=JSON)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["totalFileIds"] == 2
+
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("name", ["check", "initiate", "start"])
+def test_delete_on_a_fixed_route_is_405_not_an_unknown_job(stack, name):
+    with stack.client() as client:
+        response = client.delete(f"/v1/download/{name}")
+        assert response.status_code == 405, response.text
+        assert response.headers["allow"] == "POST"
+        assert response.json()["error"] == "Method Not Allowed"
+
+
+def test_callback_url_is_documented_as_a_uri(stack):
+    with stack.client() as client:
+        schema = client.get("/openapi").json()["components"]["schemas"]["InitiateRequest"]
+        assert schema["properties"]["callbackUrl"]["format"] == "uri"
+
+
+@pytest.mark.parametrize(
+    "value", ["garbage", "+", "-", "$", "1-2-3", "1-", "-1", "1" * 4_000, "18446744073709551615-0"]
+)
+def test_a_malformed_last_event_id_is_a_400(stack, value):
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        response = client.get(f"/v1/download/stream/{job_id}", headers={"Last-Event-ID": value})
+        assert response.status_code == 400, response.text
+        assert "Last-Event-ID" in response.json()["message"]
+
+
+def test_a_last_event_id_from_the_future_starts_afresh_instead_of_silence(make_stack):
+    from tests import sse
+
+    stack = make_stack(workers=0, SSE_HEARTBEAT_S="30")  # nothing will happen to the job
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        with client.stream(
+            "GET", f"/v1/download/stream/{job_id}", headers={"Last-Event-ID": "99999999999999-0"}, timeout=10
+        ) as response:
+            assert response.status_code == 200
+            first = next(sse.read(response))
+            assert isinstance(first, sse.Event) and first.event == "snapshot", first
+            assert first.json()["jobId"] == job_id and first.json()["status"] == "queued"

@@ -107,6 +107,11 @@ def test_async_flow_and_stream_survive_the_proxy_that_cuts_legacy_start(proxied,
         generated = client.get("/v1/download/status/" + slow_poll)
         assert generated.headers.get("x-request-id"), "no request id generated when absent"
     assert statuses and all(code < 500 for code in statuses), statuses
+    # Access logs name routes, never job ids (bearer secrets): nginx's JSON log, HAProxy's line.
+    job_ids = (fast_poll, fast_stream, slow_stream, slow_poll)
+    logged = (proxy.prefix / "logs/access.log").read_text() if kind != "alb" else proxy.proc.output()
+    assert "/v1/download/status/{job_id}" in logged and "/v1/download/stream/{job_id}" in logged
+    assert not [job_id for job_id in job_ids if job_id in logged], "a job id in the proxy's access log"
     if kind == "nginx":  # the JSON access log: our request id and the upstream's timings
         lines = [json.loads(line) for line in (proxy.prefix / "logs/access.log").read_text().splitlines()]
         start = next(line for line in lines if line["request_id"] == "proof-1")

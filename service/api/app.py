@@ -24,12 +24,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service.api import openapi
+from service.api.connection import connection_limit
 from service.api.errors import HANDLERS
 from service.api.events import EventHub
 from service.api.middleware import CORSMiddleware, EdgeMiddleware, RateLimitMiddleware
 from service.api.ratelimit import RateLimiter
 from service.api.responses import JSONResponse
 from service.api.routes import downloads, stream, system, ui
+from service.api.sse import StreamSlots
 from service.jobs.enqueue import QueueCollector
 from service.runtime import Runtime
 from service.settings import Settings, load_settings
@@ -154,6 +156,9 @@ def create_app(settings: Settings) -> Starlette:
     app.state.runtime = runtime
     app.state.s3 = s3_lane
     app.state.hub = hub
+    app.state.stream_slots = StreamSlots(
+        settings.sse_max_streams or connection_limit(settings) // 2, settings.sse_max_streams_per_client
+    )
     app.state.openapi = openapi.document()
     app.state.metrics_registry = exposition.api_registry([QueueCollector(runtime.redis)])
     tracing.instrument_app(app)  # outermost: the server span covers every middleware

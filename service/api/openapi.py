@@ -44,6 +44,25 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^([0-9]{1,20}(-[0-9]{1,20})?)?$"},
+    "description": (
+        "The id of the last event received (EventSource sends it on reconnect): the stream "
+        "resumes after it. Empty is the same as none; an id this stream never sent starts afresh "
+        "with a snapshot."
+    ),
+}
+# What a job's operations take from initiate's and status's answers: the links schemathesis
+# follows (initiate -> status -> stream -> file -> cancel) in make test's stateful fuzzing.
+JOB_LINKS = {
+    name: {"operationId": name, "parameters": {"job_id": "$response.body#/jobId"}}
+    for name in ("status", "stream", "file", "cancel", "cancelByPost")
+}
+
+
 def _obj(**props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": props}
 
@@ -83,39 +102,50 @@ STATUS = _obj(
 )
 
 PATHS: dict[str, dict[str, Any]] = {
-    "/": {"get": {"summary": "Welcome message", "responses": {"200": _json(_obj(message=STR), "Welcome")}}},
+    "/": {
+        "get": {
+            "operationId": "root",
+            "summary": "Welcome message",
+            "responses": {"200": _json(_obj(message=STR), "Welcome")},
+        }
+    },
     "/health": {
         "get": {
+            "operationId": "health",
             "summary": "Health of the service and its dependencies (storage, redis)",
             "responses": {"200": _json(HEALTH, "Healthy"), "503": _json(HEALTH, "Unhealthy")},
         }
     },
     "/health/live": {
         "get": {
+            "operationId": "live",
             "summary": "Liveness: the process answers",
             "responses": {"200": _json(_obj(status=STR), "Alive")},
         }
     },
     "/health/ready": {
         "get": {
+            "operationId": "ready",
             "summary": "Readiness: Redis answers (503 if not); S3 failing its check is `degraded`",
             "responses": {"200": _json(READY, "Ready"), "503": _json(READY, "Not ready")},
         }
     },
     "/v1/download/check": {
         "post": {
+            "operationId": "check",
             "summary": "Check whether a file exists in storage (S3 HEAD)",
             "requestBody": _body(FileRequest),
             "responses": {
                 "200": _json(
                     _obj(file_id=INT, available=BOOL, s3Key=NULL_STR, size=NULL_INT), "Availability"
                 ),
-                **_errors(400, 413, 415, 429, 503),
+                **_errors(400, 408, 413, 415, 429, 503),
             },
         }
     },
     "/v1/download/start": {
         "post": {
+            "operationId": "start",
             "summary": "Deprecated synchronous download: holds the request for the whole processing time",
             "deprecated": True,
             "requestBody": _body(FileRequest),
@@ -131,12 +161,13 @@ PATHS: dict[str, dict[str, Any]] = {
                     ),
                     "Finished within REQUEST_TIMEOUT_MS",
                 ),
-                **_errors(400, 413, 415, 429, 504),
+                **_errors(400, 408, 413, 415, 429, 503, 504),
             },
         }
     },
     "/v1/download/initiate": {
         "post": {
+            "operationId": "initiate",
             "summary": "Start a download job; answers at once with its id (202)",
             "parameters": [IDEMPOTENCY_KEY],
             "requestBody": _body(InitiateRequest),
@@ -151,72 +182,105 @@ PATHS: dict[str, dict[str, Any]] = {
                         fileUrl=STR,
                     ),
                     "Accepted; Location and Retry-After say where and when to poll",
-                ),
-                **_errors(400, 413, 415, 422, 429, 503),
+                )
+                | {"links": JOB_LINKS},
+                **_errors(400, 408, 413, 415, 422, 429, 503),
             },
         }
     },
     "/v1/download/status/{job_id}": {
         "get": {
+            "operationId": "status",
             "summary": "A job's status and progress (Retry-After while it runs)",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(STATUS, "Job status"), **_errors(404, 410, 429, 503)},
+            "responses": {
+                "200": _json(STATUS, "Job status") | {"links": JOB_LINKS},
+                **_errors(404, 410, 429, 503),
+            },
         }
     },
     "/v1/download/{job_id}/file": {
         "get": {
+            "operationId": "file",
             "summary": "Redirect (302) to a freshly presigned S3 URL of the job's result",
             "parameters": [JOB_ID],
             "responses": {
                 "302": {"description": "Location is a presigned GET URL"},
-                **_errors(404, 409, 410, 429),
+                **_errors(404, 409, 410, 429, 503),
             },
         }
     },
     "/v1/download/stream/{job_id}": {
         "get": {
+            "operationId": "stream",
             "summary": "Server-Sent Events: snapshot, status, progress, then completed|failed|cancelled",
-            "description": "Send Last-Event-ID to resume; heartbeat comments every SSE_HEARTBEAT_S.",
-            "parameters": [JOB_ID],
+            "description": (
+                "Send Last-Event-ID to resume; heartbeat comments every SSE_HEARTBEAT_S. Open streams "
+                "are capped per client (429) and per process (503), both with Retry-After: poll the "
+                "status instead. An HTTP/1.0 client gets the events there are now, with a "
+                "Content-Length, and reconnects."
+            ),
+            "parameters": [JOB_ID, LAST_EVENT_ID],
             "responses": {
                 "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
                 "204": {"description": "Resumed after the terminal event: nothing left"},
-                **_errors(404, 410, 429),
+                **_errors(400, 404, 410, 429, 503),
             },
         }
     },
     "/v1/download/{job_id}": {
         "delete": {
+            "operationId": "cancel",
             "summary": "Cancel a queued or running job (status becomes cancelled)",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(STATUS, "Cancelled; the job's status"), **_errors(404, 409, 410, 429)},
+            "responses": {
+                "200": _json(STATUS, "Cancelled; the job's status"),
+                **_errors(404, 405, 409, 410, 429, 503),
+            },
         }
     },
     "/v1/download/{job_id}/cancel": {
         "post": {
+            "operationId": "cancelByPost",
             "summary": "Same as DELETE /v1/download/{job_id}, for clients that cannot send DELETE",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(STATUS, "Cancelled; the job's status"), **_errors(404, 409, 410, 429)},
+            "responses": {
+                "200": _json(STATUS, "Cancelled; the job's status"),
+                **_errors(404, 409, 410, 429, 503),
+            },
         }
     },
     "/metrics": {
         "get": {
+            "operationId": "metrics",
             "summary": "Prometheus metrics (all API processes merged)",
             "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
         }
     },
-    "/openapi": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    "/openapi": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {"200": {"description": "OpenAPI 3.1"}},
+        }
+    },
     "/docs": {
-        "get": {"summary": "Human-readable API reference", "responses": {"200": {"description": "HTML"}}}
+        "get": {
+            "operationId": "docs",
+            "summary": "Human-readable API reference",
+            "responses": {"200": {"description": "HTML"}},
+        }
     },
     "/ui": {
         "get": {
+            "operationId": "ui",
             "summary": "The downloads page: start jobs and follow them live (HTML, strict CSP)",
             "responses": {"200": {"description": "HTML"}},
         }
     },
     "/ui/config.json": {
         "get": {
+            "operationId": "uiConfig",
             "summary": "Settings the downloads page reads (Jaeger UI URL, poll interval)",
             "responses": {"200": _json(_obj(jaegerUrl=NULL_STR, pollIntervalS=INT), "Page configuration")},
         }

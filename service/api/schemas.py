@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 
 from service.api.errors import ApiError
-from service.settings import FILE_ID_MAX, FILE_ID_MIN, FILE_IDS_MAX
+from service.settings import FILE_ID_MAX, FILE_ID_MIN, FILE_IDS_MAX, Settings
 
-FileId = Annotated[StrictInt, Field(ge=FILE_ID_MIN, le=FILE_ID_MAX)]
+
+def _json_number(value: object) -> object:
+    """A JSON number only: `10000.0` is the integer 10000 (the original service took it, and
+    JSON Schema's `integer` means any number without a fraction), but `"10000"` and `true`
+    stay errors (pydantic's lax mode would coerce them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+FileId = Annotated[int, Field(ge=FILE_ID_MIN, le=FILE_ID_MAX), BeforeValidator(_json_number)]
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -28,12 +39,19 @@ class InitiateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     file_ids: list[FileId] = Field(min_length=1, max_length=FILE_IDS_MAX, description="1 to 1,000 file IDs")
     callbackUrl: StrictStr | None = Field(
-        None, min_length=1, max_length=2_048, description="Signed webhook on the terminal state"
+        None,
+        min_length=1,
+        max_length=2_048,
+        description="Signed webhook on the terminal state",
+        json_schema_extra={"format": "uri"},
     )
 
 
-async def read_body(request: Request, model: type[Model], max_bytes: int) -> Model:
-    """Read and validate a JSON body: 415, 413 or 400 with a message that says what is wrong."""
+async def read_body(request: Request, model: type[Model], settings: Settings) -> Model:
+    """Read and validate a JSON body: 415, 413, 408 or 400 with a message that says what is
+    wrong. The body must arrive within HTTP_READ_TIMEOUT_S (a client trickling it would hold
+    the connection forever)."""
+    max_bytes = settings.max_body_bytes
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, f"Content-Type must be application/json, not {content_type!r}")
@@ -41,14 +59,21 @@ async def read_body(request: Request, model: type[Model], max_bytes: int) -> Mod
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"Request body is larger than {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise ApiError(413, f"Request body is larger than {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(settings.http_read_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ApiError(413, f"Request body is larger than {max_bytes} bytes")
+    except TimeoutError:
+        message = f"The body did not arrive within HTTP_READ_TIMEOUT_S ({settings.http_read_timeout_s} s)"
+        raise ApiError(408, message, {"Connection": "close"}) from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "Request body is not valid JSON") from None
+    except RecursionError:  # json's C parser stops cleanly at the interpreter's depth limit
+        raise ApiError(400, "Request body nests JSON too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

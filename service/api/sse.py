@@ -80,3 +80,37 @@ class EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
         self.on_disconnect()
+
+
+class StreamSlots:
+    """How many streams this process holds open, in all and per client address.
+
+    Each open stream holds a file descriptor and ~25 KB for as long as SSE_MAX_STREAM_S; 600
+    streams from one address were all accepted before these limits. A refused stream gets 429
+    (that client has SSE_MAX_STREAMS_PER_CLIENT) or 503 (the process has SSE_MAX_STREAMS), both
+    with Retry-After; the page then follows its jobs by polling. Counted per process, in memory:
+    a stream lives and dies with its process, so a crash cannot leak a slot.
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open = 0
+        self._by_client: dict[str, int] = {}
+
+    def take(self, client: str) -> int | None:
+        """Take a slot for `client`; None when taken, else the status that refuses it."""
+        held = self._by_client.get(client, 0)
+        if held >= self.per_client:
+            return 429
+        if self.open >= self.total:
+            return 503
+        self._by_client[client] = held + 1
+        self.open += 1
+        return None
+
+    def give_back(self, client: str) -> None:
+        self.open -= 1
+        held = self._by_client.pop(client) - 1
+        if held:
+            self._by_client[client] = held

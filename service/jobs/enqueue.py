@@ -1,4 +1,4 @@
-"""Accept a job: put it on its RQ queue together with its state, in one MULTI/EXEC.
+"""Accept a job: put it on its RQ queue together with its state, in one script (`ADMIT`).
 
 `submit` is the one call POST /v1/download/initiate makes. The state hash, the job index, the
 first event and RQ's own job hash and queue entry commit together: there is never a queued RQ
@@ -6,12 +6,12 @@ job without state, nor state for a job that was not queued. Small jobs and large
 separate queues that workers serve round-robin (keys.DOWNLOAD_QUEUES), so a burst of
 1,000-file jobs cannot starve the one-file ones (docs/jobs.md). RQ runs `download.run`.
 
+The queue depth is read here too: QUEUE_MAX_DEPTH's check, and the scrape-time collector
+behind `delineate_queue_depth` and `delineate_rq_workers` (`QueueCollector`).
+
 With REDIS_MIN_REPLICAS_ACK (1 by default under Sentinel) a new job is answered only once that
 many replicas confirmed it (`_confirm`): replication is asynchronous, and a primary that dies
 right after the 202 would otherwise take an accepted job with it.
-
-The queue depth is read here too: QUEUE_MAX_DEPTH's check, and the scrape-time collector
-behind `delineate_queue_depth` and `delineate_rq_workers` (`QueueCollector`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis.exceptions import WatchError
 from rq import Callback, Queue, Retry
 from rq.worker import Worker
 
@@ -139,28 +138,45 @@ async def submit(
 async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None) -> str | None:
     """Queue `job`, or return the id of the job an earlier identical request created.
 
-    Runs on the API's event loop with its async client; RQ (synchronous) only builds its
-    commands, on a pipeline of the sync client that is never sent (no thread pool hop per
-    initiate). The claim is checked under WATCH and written in the same MULTI as the job, so
-    two racing repeats make one job. Returns None when `job` was queued.
+    Returns None when `job` was queued. One script does it all on the Redis side (`ADMIT`):
+    the claim, the client's active-job count (pruned of ended jobs when at the limit) and the
+    writes. The earlier version read the claim and the count under WATCH and retried from the
+    start whenever a concurrent initiate touched them: 100 concurrent initiates from one client
+    all WATCHed one key, and each retry round cost every loser another round trip (2.0 s of API
+    CPU against 0.2 s for 100 clients, docs/benchmarks.md). A script runs alone, so two racing
+    repeats still make one job and a client never passes its limit, with no retry at all.
     """
     settings = rt.settings
     if settings.queue_max_depth and await _DEPTH.over(rt.aredis, settings.queue_max_depth):
         metrics.JOBS_REJECTED.labels("queue_full").inc()
         raise QueueFull(settings.queue_max_depth)
-    hold_back = bool(settings.replicas_ack)
-    while True:
-        try:
-            earlier = await _enqueue_once(rt.aredis, rt.redis, settings, job, claim, hold_back=hold_back)
-            break
-        except WatchError:
-            continue
-    if earlier is None:
-        if hold_back:
-            await _confirm(rt, job.id)
-            await rt.aredis.execute_command(*_queue_push(job))
-        metrics.JOBS_ACCEPTED.labels(job.queue).inc()
-    return earlier
+    with tracing.producer_span(job.queue, job.id):
+        # the worker continues this trace (download.run)
+        job.traceparent = job.traceparent or tracing.current_traceparent()
+        hold_back = bool(settings.replicas_ack)
+        writes = _writes(rt.redis, settings, job, claim, hold_back=hold_back)
+    limit = settings.per_client_max_active_jobs if job.client else 0
+    header = (
+        claim.key if claim else "",
+        claim.fingerprint if claim else "",
+        keys.job(""),
+        keys.client_active(job.client) if limit else "",
+        limit,
+    )
+    outcome, *detail = await _admit(rt.aredis)(keys=[], args=[*header, *writes])
+    if outcome == "conflict":
+        raise IdempotencyConflict(claim.key if claim else "")
+    if outcome == "limit":
+        metrics.JOBS_REJECTED.labels("client_limit").inc()
+        raise TooManyActive(limit)
+    if outcome == "replay":
+        return str(detail[0])
+    if hold_back:
+        await _confirm(rt, job.id)
+        await rt.aredis.execute_command(*_queue_push(job))
+    metrics.JOBS_ACCEPTED.labels(job.queue).inc()
+    _DEPTH.added(rt.aredis)
+    return None
 
 
 async def _confirm(rt: Runtime, job_id: str) -> None:
@@ -168,7 +184,7 @@ async def _confirm(rt: Runtime, job_id: str) -> None:
     NotReplicated. Until then the job is written but on no queue: no worker can start it.
 
     WAIT counts the replicas that acknowledged the writes of the connection it runs on, and
-    the job's MULTI went out on a pooled connection that is gone by now. So a write to the
+    the job's script went out on a pooled connection that is gone by now. So a write to the
     job's own hash (re-setting its TTL, a no-op) is sent after it with WAIT behind it in one
     round trip: the replication stream is ordered, so a replica that confirmed this write holds
     the job too. Then the caller pushes the job onto its queue and answers 202. Should that
@@ -201,74 +217,27 @@ def _queue_push(job: state.JobRecord) -> tuple[str, ...]:
     return ("RPUSH", keys.rq_queue(job.queue), job.id)
 
 
-async def _enqueue_once(
-    aconn: aioredis.Redis,
-    conn: redis.Redis,
-    settings: Settings,
-    job: state.JobRecord,
-    claim: Claim | None,
-    *,
-    hold_back: bool,
-) -> str | None:
-    with tracing.producer_span(job.queue, job.id):
-        # the worker continues this trace (download.run)
-        job.traceparent = job.traceparent or tracing.current_traceparent()
-        script = _writes(conn, settings, job, claim, hold_back=hold_back)
-    async with aconn.pipeline(transaction=True) as pipe:
-        if claim:
-            await pipe.watch(claim.key)
-            existing = await pipe.get(claim.key)
-            if existing:
-                earlier = json.loads(existing)
-                if earlier["fingerprint"] != claim.fingerprint:
-                    raise IdempotencyConflict(claim.key)
-                if await _replayable(pipe, str(earlier["jobId"])):
-                    return str(earlier["jobId"])
-                # it failed, was cancelled or expired: this request starts a new job, and the
-                # claim (rewritten in the MULTI below) names the new one from now on
-        limit = settings.per_client_max_active_jobs
-        if limit and job.client:
-            active_key = keys.client_active(job.client)
-            await pipe.watch(active_key)
-            if await pipe.zcard(active_key) >= limit:
-                await pipe.unwatch()
-                if await prune_active(aconn, active_key) >= limit:
-                    metrics.JOBS_REJECTED.labels("client_limit").inc()
-                    raise TooManyActive(limit)
-                raise WatchError  # pruned: count again under WATCH
-        pipe.multi()
-        pipe.execute_command(*script)
-        await pipe.execute()
-    _DEPTH.added(aconn)
-    return None
-
-
-async def _replayable(pipe: Any, job_id: str) -> bool:
-    """Whether a repeat should get this earlier job back: not when it failed or was cancelled
-    (a client retrying after an outage wants a new attempt, not the old failure for a day) or
-    is gone. Read under WATCH, so a job ending meanwhile makes the caller try again."""
-    await pipe.watch(keys.job(job_id))
-    status = await pipe.hget(keys.job(job_id), "status")
-    return status is not None and status not in (state.FAILED, state.CANCELLED)
-
-
 def _writes(
     conn: redis.Redis, settings: Settings, job: state.JobRecord, claim: Claim | None, *, hold_back: bool
-) -> tuple[Any, ...]:
-    """Every write of a new job (ours and RQ's own) as one EVAL command; with `hold_back`,
-    all but the push onto its queue (`_queue_push`, sent once replicas confirmed the rest).
+) -> list[Any]:
+    """Every write of a new job (ours and RQ's own), packed as ADMIT's ARGV tail; with
+    `hold_back`, all but the push onto its queue (`_queue_push`, sent once replicas confirmed
+    the rest).
 
     RQ's enqueue_call records its commands on a pipeline of the sync client, which is never
-    executed: nothing here talks to Redis.
+    executed: nothing here talks to Redis. Packing them for one script, rather than sending
+    them command by command, saves the client packing and parsing a reply per write, which
+    dominated an initiate's CPU (docs/benchmarks.md). Depends on redis-py's
+    `Pipeline.command_stack`.
     """
     retry = Retry(max=settings.job_max_retries) if settings.job_max_retries else None
-    with conn.pipeline() as writes:
-        writes.multi()  # RQ expects a pipeline in MULTI mode
+    with conn.pipeline() as pipe:
+        pipe.multi()  # RQ expects a pipeline in MULTI mode
         if claim:
             record = {"jobId": job.id, "fingerprint": claim.fingerprint}
-            writes.set(claim.key, json.dumps(record), ex=claim.ttl_s)
+            pipe.set(claim.key, json.dumps(record), ex=claim.ttl_s)
         state.queue_create(
-            writes, job, settings.job_ttl_s, track_client=bool(settings.per_client_max_active_jobs)
+            pipe, job, settings.job_ttl_s, track_client=bool(settings.per_client_max_active_jobs)
         )
         _queue(job.queue, conn).enqueue_call(
             download.run,
@@ -279,59 +248,71 @@ def _writes(
             failure_ttl=settings.job_ttl_s,
             retry=retry,
             on_failure=Callback(download.on_failure),
-            pipeline=writes,
+            pipeline=pipe,
         )
         if hold_back:
-            push = [i for i, (args, _) in enumerate(writes.command_stack) if args == _queue_push(job)]
+            push = [i for i, (args, _) in enumerate(pipe.command_stack) if args == _queue_push(job)]
             if len(push) != 1:
                 raise RuntimeError(f"RQ's enqueue no longer pushes with {_queue_push(job)[0]}")
-            del writes.command_stack[push[0]]
-        return _as_one_script(writes)
+            del pipe.command_stack[push[0]]
+        packed: list[Any] = []
+        for args, _options in pipe.command_stack:
+            packed += (len(args), *args)
+        return packed
 
 
-# Runs the commands packed in ARGV as (count, command, args...)*, in order.
-RUN_ALL = """
-local i = 1
+# ARGV: claim key ("" = none), the body's fingerprint, the job key prefix, the client's
+# active-jobs key ("" = no limit), the limit, then the job's writes as (count, command,
+# args...)*. Answers {"conflict"}, {"replay", job id}, {"limit"} or {"queued"}.
+# A repeat gets the earlier job back unless that job failed, was cancelled or is gone (a
+# client retrying after an outage wants a new attempt); then the claim, rewritten by the
+# writes, names the new job from now on. The active set is only trusted up to the limit:
+# at the limit, ended or expired jobs are dropped from it and the rest counted again.
+ADMIT = f"""
+local claim_key, fingerprint, job_prefix, active_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[5])
+local ended = {{{", ".join(f"[{json.dumps(s)}] = true" for s in sorted(state.TERMINAL))}}}
+if claim_key ~= "" then
+  local existing = redis.call("GET", claim_key)
+  if existing then
+    local earlier = cjson.decode(existing)
+    if earlier["fingerprint"] ~= fingerprint then
+      return {{"conflict"}}
+    end
+    local status = redis.call("HGET", job_prefix .. earlier["jobId"], "status")
+    if status and status ~= {json.dumps(state.FAILED)} and status ~= {json.dumps(state.CANCELLED)} then
+      return {{"replay", earlier["jobId"]}}
+    end
+  end
+end
+if active_key ~= "" and redis.call("ZCARD", active_key) >= limit then
+  local live = 0
+  for _, member in ipairs(redis.call("ZRANGE", active_key, 0, -1)) do
+    local status = redis.call("HGET", job_prefix .. member, "status")
+    if status == false or ended[status] then
+      redis.call("ZREM", active_key, member)
+    else
+      live = live + 1
+    end
+  end
+  if live >= limit then
+    return {{"limit"}}
+  end
+end
+local i = 6
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
-return 0
+return {{"queued"}}
 """
 
 
-def _as_one_script(pipe: redis.client.Pipeline) -> tuple[Any, ...]:
-    """The queued writes (ours and RQ's own) as one EVAL that runs exactly them.
-
-    Sent inside MULTI/EXEC, under the same WATCH; Redis writes what it would have written
-    command by command, but the client packs and parses three commands instead of one per
-    write, which dominated an initiate's CPU (docs/benchmarks.md). Depends on redis-py's
-    `Pipeline.command_stack`.
-    """
-    packed: list[Any] = []
-    for args, _options in pipe.command_stack:
-        packed += (len(args), *args)
-    return ("EVAL", RUN_ALL, 0, *packed)
-
-
-async def prune_active(aconn: aioredis.Redis, key: str) -> int:
-    """Drop finished or expired jobs from an active-jobs set; returns how many remain.
-
-    Jobs are added when created and only removed here, lazily: a set that is never trusted
-    cannot leak a slot when a worker dies before it could say a job ended.
-    """
-    members = await aconn.zrange(key, 0, -1)
-    async with aconn.pipeline(transaction=False) as pipe:
-        for member in members:
-            pipe.hget(keys.job(member), "status")
-        statuses = await pipe.execute()
-    done = [
-        m for m, status in zip(members, statuses, strict=True) if status is None or status in state.TERMINAL
-    ]
-    if done:
-        await aconn.zrem(key, *done)
-    return len(members) - len(done)
+@lru_cache(maxsize=8)
+def _admit(aconn: aioredis.Redis) -> Any:
+    """ADMIT, registered once per client (EVALSHA, loaded again if Redis lost it)."""
+    return aconn.register_script(ADMIT)
 
 
 class _RecentDepth:

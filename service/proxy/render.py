@@ -16,6 +16,37 @@ from service.settings import REQUEST_ID_PATTERN
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
+# Paths that carry a job id, and what access logs record for them: the route, never the id.
+# A job id is the only key to its job (a bearer secret, docs/jobs.md), and access logs are read
+# by more people, and kept longer, than jobs. First match wins; None keeps the path as it is.
+JOB_ID_ROUTES: tuple[tuple[str, str | None], ...] = (
+    (r"^/v1/download/status/[^/]+$", "/v1/download/status/{job_id}"),
+    (r"^/v1/download/stream/[^/]+$", "/v1/download/stream/{job_id}"),
+    (r"^/v1/download/[^/]+/file$", "/v1/download/{job_id}/file"),
+    (r"^/v1/download/[^/]+/cancel$", "/v1/download/{job_id}/cancel"),
+    (r"^/v1/download/(check|initiate|start)$", None),
+    (r"^/v1/download/.", "/v1/download/{job_id}"),  # DELETE /v1/download/{id}, or a malformed path
+)
+
+
+def nginx_route_map() -> str:
+    """`$delineate_route`: the request's path with any job id replaced (nginx map, in order)."""
+    lines = ["    map $uri $delineate_route {"]
+    for pattern, route in JOB_ID_ROUTES:
+        lines.append(f'        "~{pattern}" {f"{chr(34)}{route}{chr(34)}" if route else "$uri"};')
+    lines += ["        default $uri;", "    }"]
+    return "\n".join(lines)
+
+
+def haproxy_route_rules() -> str:
+    """`txn.route` for HAProxy's log line, the same routes (later rules win, so reversed)."""
+    lines = ["    http-request set-var(txn.route) path"]
+    for pattern, route in reversed(JOB_ID_ROUTES):
+        value = f"str({route})" if route else "path"
+        lines.append(f"    http-request set-var(txn.route) {value} if {{ path_reg {pattern} }}")
+    return "\n".join(lines)
+
+
 class _Template(string.Template):
     delimiter = "@@"
 
@@ -50,6 +81,7 @@ def _nginx_common(profile: Profile) -> dict[str, object]:
         "upstream_keepalive": duration(proxy.upstream_keepalive_s),
         "upstream_connections": proxy.upstream_keepalive_connections,
         "body_limit": f"{proxy.client_max_body_kb}k",
+        "route_map": nginx_route_map(),
     }
 
 
@@ -57,7 +89,7 @@ def _nginx_common(profile: Profile) -> dict[str, object]:
 _LOG_FIELDS = """\
         '{"time":"$time_iso8601","request_id":"$delineate_request_id",'
         '"remote_addr":"$remote_addr","x_forwarded_for":"$http_x_forwarded_for",'
-        '"method":"$request_method","uri":"$request_uri","status":$status,'
+        '"method":"$request_method","route":"$delineate_route","status":$status,'
         '"body_bytes_sent":$body_bytes_sent,"request_time":$request_time,'
         '"upstream_addr":"$upstream_addr","upstream_status":"$upstream_status",'
         '"upstream_connect_time":"$upstream_connect_time",'
@@ -186,6 +218,7 @@ def alb_emulation_cfg(profile: Profile) -> str:
         connect_timeout=duration(proxy.connect_timeout_s),
         health_interval=duration(proxy.health_check_interval_s),
         servers=servers,
+        route_rules=haproxy_route_rules(),
     )
 
 

@@ -35,7 +35,7 @@ DEPRECATION_HEADERS = {
 async def check(request: Request) -> JSONResponse:
     """Is `downloads/{file_id}.zip` in the bucket? A real S3 HEAD, within S3_REQUEST_TIMEOUT_S."""
     rt: Runtime = request.app.state.runtime
-    body = await read_body(request, FileRequest, rt.settings.max_body_bytes)
+    body = await read_body(request, FileRequest, rt.settings)
     key = source_key(body.file_id)
     size = await request.app.state.s3.size_of(key)
     available = size is not None
@@ -51,7 +51,7 @@ async def start(request: Request) -> Response:
     504 so the client hears it from us rather than from the proxy.
     """
     rt: Runtime = request.app.state.runtime
-    body = await read_body(request, FileRequest, rt.settings.max_body_bytes)
+    body = await read_body(request, FileRequest, rt.settings)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(rt.settings.request_timeout_ms / 1000):
@@ -91,7 +91,7 @@ async def start(request: Request) -> Response:
 async def initiate(request: Request) -> JSONResponse:
     """Accept a job and answer at once (202); the job is on its queue before we answer."""
     rt: Runtime = request.app.state.runtime
-    body = await read_body(request, InitiateRequest, rt.settings.max_body_bytes)
+    body = await read_body(request, InitiateRequest, rt.settings)
     if body.callbackUrl is not None:
         await _check_callback(rt.settings, body.callbackUrl)
     retry_later = {"Retry-After": str(max(rt.settings.poll_interval_s, 5))}
@@ -192,8 +192,15 @@ async def file(request: Request) -> Response:
     return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
 
 
+# Fixed paths that `DELETE /v1/download/{job_id}` also matches: for them it is the wrong method
+# on an existing resource (405), not an unknown job (404).
+POST_ONLY = frozenset({"check", "initiate", "start"})
+
+
 async def cancel(request: Request) -> JSONResponse:
     """DELETE /v1/download/{job_id} (or POST .../cancel): stop a queued or running job."""
+    if request.path_params["job_id"] in POST_ONLY:
+        raise ApiError(405, f"{request.method} is not allowed here", {"Allow": "POST"})
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
     try:

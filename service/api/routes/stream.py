@@ -12,6 +12,7 @@ with Last-Event-ID. Events that arrive together go out in one write (service/api
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import keys
+from service.api.errors import ApiError
 from service.api.events import Entry, EventHub, stream_id
-from service.api.routes.downloads import load_job
-from service.api.sse import Chunk, EventStream
+from service.api.routes.downloads import load_job, poll_after
+from service.api.sse import Chunk, EventStream, StreamSlots
 from service.jobs import state
 from service.jobs.view import status_body
 from service.runtime import Runtime
@@ -101,23 +103,42 @@ def _opening(
     return b"".join(parts), sent, False
 
 
+LAST_EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+STREAM_ID_MAX = 2**64 - 1  # each half of a stream id is a uint64 (and "(max" has no successor)
+
+
+def last_event_id_of(request: Request) -> str | None:
+    """The Last-Event-ID a client resumes from: a Redis Stream id (`1733140000000-0`), or 400.
+
+    Anything else reached Redis as an XRANGE bound and came back as a Redis error (a 503 that
+    blamed a dependency for the client's input).
+    """
+    value = request.headers.get("last-event-id") or None
+    if value is None:
+        return None
+    if not LAST_EVENT_ID.fullmatch(value) or max(stream_id(value)) >= STREAM_ID_MAX:
+        raise ApiError(400, "Last-Event-ID must be an event id this stream sent (digits-digits)")
+    return value
+
+
 async def stream(request: Request) -> Response:
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
     hub: EventHub = request.app.state.hub
-    last_event_id = request.headers.get("last-event-id") or None
+    last_event_id = last_event_id_of(request)
     subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
     try:
         key = keys.events(job.id)
         async with rt.aredis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.job(job.id))
+            pipe.xrevrange(key, count=2)
             if last_event_id:
                 pipe.xrange(key, min=f"({last_event_id}")
-            else:
-                pipe.xrevrange(key, count=2)
-            fields, raw = await pipe.execute()
+            fields, newest, *missed = await pipe.execute()
         current = state.JobRecord.from_redis(fields) or job
-        backlog = raw if last_event_id else list(reversed(raw))
+        if last_event_id and stream_id(last_event_id) > stream_id(newest[0][0] if newest else "0-0"):
+            last_event_id = None  # an id this stream never sent: start afresh, not wait in silence
+        backlog = missed[0] if last_event_id else list(reversed(newest))
     except BaseException:
         hub.unsubscribe(subscription)
         raise
@@ -128,6 +149,12 @@ async def stream(request: Request) -> Response:
     settings = rt.settings
     job_id = job.id  # the stream keeps only what it still needs, not the job records
     opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
+    if request.scope.get("http_version") == "1.0":
+        # HTTP/1.0 has no chunked encoding, and uvicorn would chunk an open-ended stream anyway:
+        # send what there is now with a Content-Length; EventSource reconnects with
+        # Last-Event-ID after `retry` ms, which makes the stream a poll.
+        hub.unsubscribe(subscription)
+        return Response(opening, media_type=EventStream.media_type, headers=HEADERS)
 
     async def chunks() -> AsyncIterator[Chunk]:
         """The opening, then each batch of new events as one chunk, heartbeats when idle."""
@@ -161,10 +188,24 @@ async def stream(request: Request) -> Response:
                 if parts:
                     yield b"".join(parts), False
 
+    slots: StreamSlots = request.app.state.stream_slots
+    client = request.client.host if request.client else ""
+    if refused := slots.take(client):
+        hub.unsubscribe(subscription)
+        if refused == 429:
+            message = f"You hold {slots.per_client} streams (SSE_MAX_STREAMS_PER_CLIENT); poll the status"
+        else:
+            message = f"This server holds {slots.total} open streams (SSE_MAX_STREAMS); poll the status"
+        raise ApiError(refused, message, {"Retry-After": poll_after(settings)})
+
+    def close() -> None:
+        hub.unsubscribe(subscription)
+        slots.give_back(client)
+
     return EventStream(
         chunks(),
         headers=HEADERS,
         on_disconnect=subscription.wake,
-        on_close=lambda: hub.unsubscribe(subscription),
+        on_close=close,
         wind_down=hub.wind_down.wait,
     )
