@@ -52,7 +52,7 @@ def _availability_ratio(c: Config, window: str) -> str:
     would match no namespace)."""
     requests = f"{c.agg('sum')}(rate({c.metric('delineate_http_requests_total', NOT_SLO)}[{window}]))"
     errors = f"{c.agg('sum')}(rate({c.metric('delineate_http_requests_total', FIVE_XX, NOT_SLO)}[{window}]))"
-    return _multiline(f"({errors} or {requests} * 0)", f"/ {requests}")
+    return _multiline("(", f"  {errors}", "  or", f"  {requests} * 0", ")", f"/ {requests}")
 
 
 def _jobs(c: Config, metric: str, window: str, *matchers: str) -> str:
@@ -136,8 +136,8 @@ def recording(c: Config) -> list[tuple[str, dict]]:
                     {
                         "record": "delineate:slo_availability:errors:rate5m",
                         "expr": _multiline(
-                            f"{c.agg('sum')}(rate({c.metric(requests, FIVE_XX, NOT_SLO)}[5m]))"
-                            f" or {c.agg('sum')}(rate({c.metric(requests, NOT_SLO)}[5m])) * 0"
+                            f"{c.agg('sum')}(rate({c.metric(requests, FIVE_XX, NOT_SLO)}[5m]))",
+                            f"or {c.agg('sum')}(rate({c.metric(requests, NOT_SLO)}[5m])) * 0",
                         ),
                     },
                     {
