@@ -46,8 +46,20 @@ def _rule_file(header: str, groups: list[tuple[str, dict]]) -> str:
         if number:
             lines.append("\n")
         lines += [f"  {line}\n" for line in comment.splitlines()]
-        dumped = yaml.dump([group], Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
-        lines += [f"  {line}" for line in dumped.splitlines(True)]
+        notes = {}
+        rules = []
+        for rule in group["rules"]:
+            rule = dict(rule)
+            if note := rule.pop("#", None):
+                notes[rule.get("record") or rule["alert"]] = note
+            rules.append(rule)
+        dumped = yaml.dump([{**group, "rules": rules}], Dumper=_Dumper, sort_keys=False, width=1000)
+        for line in dumped.splitlines(True):
+            name = line.strip().removeprefix("- record: ").removeprefix("- alert: ")
+            if name in notes:
+                indent = line[: len(line) - len(line.lstrip())]
+                lines += [f"  {indent}# {note}\n" for note in notes[name].splitlines()]
+            lines.append(f"  {line}")
     return "".join(lines)
 
 

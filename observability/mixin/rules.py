@@ -1,5 +1,6 @@
 """Recording rules and alerts, as (comment, group) pairs: the comment is written above the
-group in the rendered file, since YAML serialisation keeps no comments."""
+group in the rendered file, since YAML serialisation keeps no comments; a rule's own comment is
+its key "#" (written above the rule, not as a field)."""
 
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def recording(c: Config) -> list[tuple[str, dict]]:
                         "record": "delineate:http_requests_by_route:rate5m",
                         "expr": f"{c.agg('sum', 'route')}(rate({c.metric(requests)}[5m]))",
                     },
-                    # 0 (not absent) for routes without errors: `or` fills in the routes that had none.
                     {
+                        "#": "0 (not absent) for routes without errors: `or` fills in the routes\n"
+                        "that had none.",
                         "record": "delineate:http_errors:ratio_rate5m",
                         "expr": _multiline(
                             "(",
@@ -194,9 +196,9 @@ def recording(c: Config) -> list[tuple[str, dict]]:
                         "expr": f"{c.agg('sum', 'outcome')}"
                         f"(rate({c.metric('delineate_jobs_finished_total')}[5m]))",
                     },
-                    # Read from Redis at scrape time by every API process, which all export the
-                    # same value: max, never sum (a sum counts each job or worker once per process).
                     {
+                        "#": "Read from Redis at scrape time by every API process, which all export the\n"
+                        "same value: max, never sum (a sum counts each job or worker once per process).",
                         "record": "delineate:queue_depth:max",
                         "expr": f"{c.agg('max', 'queue')}({c.metric('delineate_queue_depth')})",
                     },
@@ -426,20 +428,23 @@ def alerts(c: Config) -> list[tuple[str, dict]]:
                             "down or unreachable."
                         ),
                     ),
-                    # TargetDown needs an `up` series at 0; with service discovery a worker pool
-                    # scaled to zero (or a broken DNS name) leaves no series at all, so only
-                    # absent() sees it (and, having no series, it cannot say which group_by).
-                    _alert(
-                        "DelineateNoWorkerUp",
-                        f"absent({c.metric('up', c.worker_up)} == 1)",
-                        "5m",
-                        "page",
-                        "No worker is up: jobs are accepted and never run",
-                        (
-                            "Prometheus has scraped no delineate-worker target for 5 minutes: none is "
-                            "discovered, or none answers."
+                    {
+                        "#": "TargetDown needs an `up` series at 0; with service discovery a worker pool\n"
+                        "scaled to zero (or a broken DNS name) leaves no series at all, so only\n"
+                        "absent() sees it (and, having no series, it cannot name a group_by label:\n"
+                        "one alert for all).",
+                        **_alert(
+                            "DelineateNoWorkerUp",
+                            f"absent({c.metric('up', c.worker_up)} == 1)",
+                            "5m",
+                            "page",
+                            "No worker is up: jobs are accepted and never run",
+                            (
+                                "Prometheus has scraped no delineate-worker target for 5 minutes: none is "
+                                "discovered, or none answers."
+                            ),
                         ),
-                    ),
+                    },
                 ],
             },
         ),
