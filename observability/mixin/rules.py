@@ -62,12 +62,16 @@ def _jobs(c: Config, metric: str, window: str, *matchers: str) -> str:
 
 def recording(c: Config) -> list[tuple[str, dict]]:
     requests = "delineate_http_requests_total"
-    slow_jobs = lambda w: _multiline(  # noqa: E731
-        "1 - (",
-        f"  {_jobs(c, 'delineate_job_duration_seconds_bucket', w, SLOW_JOB_LE)}",
-        f"  / {_jobs(c, 'delineate_job_duration_seconds_count', w)}",
-        ")",
-    )
+
+    def slow_jobs(window: str) -> str:
+        """The share of finished jobs slower than the SLO's 150 s."""
+        return _multiline(
+            "1 - (",
+            f"  {_jobs(c, 'delineate_job_duration_seconds_bucket', window, SLOW_JOB_LE)}",
+            f"  / {_jobs(c, 'delineate_job_duration_seconds_count', window)}",
+            ")",
+        )
+
     return [
         (
             "",
