@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: run test test-fast lint format lock loadtest bench capacity clean
+.PHONY: run test test-fast lint format lock monitoring loadtest bench capacity clean
 
 $(BIN)/delineate: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ format: $(BIN)/delineate
 
 lock: $(BIN)/delineate
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+# After editing observability/mixin/: the shipped rules and dashboards, then their Kubernetes copies.
+monitoring: $(BIN)/delineate
+	$(BIN)/python -m observability.mixin
+	$(BIN)/delineate proxy render ingress-nginx --profiles deploy/kubernetes/profiles.toml --out deploy/kubernetes
+	$(BIN)/delineate proxy render aws-alb --profiles deploy/kubernetes/profiles.toml --out deploy/kubernetes
 
 # A short headless Locust run against URL (default: `make run` on port 3000), judged against
 # PROFILE's proxy timeout. `make run` needs a larger budget: RATE_LIMIT_MAX_REQUESTS=1000000 make run

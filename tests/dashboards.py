@@ -28,8 +28,9 @@ def variables(dashboard: dict) -> dict[str, dict]:
 def expand(expr: str, dashboard: dict, values: dict[str, str] | None = None) -> str:
     """`expr` with Grafana's built-ins and the dashboard's template variables at their defaults.
 
-    A variable whose default is "All" has no value until Grafana asks the datasource: pass it in
-    `values` (a regex, as Grafana writes "All" of a multi-value variable).
+    A variable whose default is "All" has no value until Grafana asks the datasource, unless
+    it has a custom `allValue` (the group_by variables' `.*`): pass it in `values` (a regex, as
+    Grafana writes "All" of a multi-value variable).
     """
     for name, value in BUILTIN_VARIABLES.items():
         expr = expr.replace(name, value)
@@ -41,7 +42,9 @@ def expand(expr: str, dashboard: dict, values: dict[str, str] | None = None) -> 
             value = values[name]
         else:
             value = variable["current"]["value"]
-            assert value not in ("$__all", ["$__all"]), f"${name} defaults to All: pass its value"
+            if value in ("$__all", ["$__all"]):
+                value = variable.get("allValue")  # Grafana writes a custom "All" value as is
+                assert value, f"${name} defaults to All: pass its value"
         for reference in references:
             expr = expr.replace(reference, value)
     return expr

@@ -146,7 +146,8 @@ def test_every_dashboard_marks_restarts_and_deploys():
         assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
         assert annotation["enable"] and annotation["useValueForTime"], name
         assert re.fullmatch(
-            r"max by \(job, instance\) \(delineate_process_start_time_seconds(\{job=~\"\$job\"\})?\) \* 1000",
+            r"max by \(job, instance\) \(delineate_process_start_time_seconds"
+            r"\{(job=~\"\$job\", )?namespace=~\"\$namespace\"\}\) \* 1000",
             annotation["expr"],
         ), (name, annotation["expr"])
         assert ("{job=~" in annotation["expr"]) == ("job" in variables(dashboard)), name

@@ -28,6 +28,7 @@ from tests.support import ROOT, require_binary
 from tests.tracing import running_receiver, traced_env
 
 OBSERVABILITY = ROOT / "observability"
+NAMESPACE = "delineate-proof"
 
 
 def dashboard_queries(values: dict[str, str] | None = None) -> list[tuple[str, str]]:
@@ -48,14 +49,16 @@ def rule_queries(kind: str) -> list[tuple[str, str]]:
 
 def prometheus_config(api: str, worker: str, nginx: str, path: Path) -> Path:
     """The repository's prometheus.yml with this test's targets and a 1 s rhythm (no Alertmanager:
-    alerts are judged by their expressions here, their routing by tests/test_compose.py)."""
+    alerts are judged by their expressions here, their routing by tests/test_compose.py). The
+    targets carry the label `namespace`, as Kubernetes discovery gives them: the recording rules
+    must keep it, or the panels they feed go blank once $namespace is chosen."""
     config = yaml.safe_load((OBSERVABILITY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(OBSERVABILITY / "prometheus" / rule) for rule in config["rule_files"]]
     config.pop("alerting")
     targets = {"delineate-api": api, "delineate-worker": worker, "delineate-nginx": nginx}
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]], "labels": {"namespace": NAMESPACE}}]
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -73,8 +76,8 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else math.nan
 
     def query_variables(self) -> dict[str, str]:
-        """Every dashboard query variable (`label_values(selector, label)`) as Grafana resolves its
-        default, "All", against this Prometheus."""
+        """Every dashboard query variable (`label_values(selector, label)`) set to every value
+        this Prometheus has for it (Grafana's "All" without a custom allValue)."""
         resolved: dict[str, str] = {}
         for dashboard in dashboards().values():
             for name, variable in variables(dashboard).items():
@@ -224,7 +227,8 @@ def test_every_dashboard_and_recording_rule_query_returns_data(make_stack, prome
 
         failures = []
         values = prometheus.query_variables()
-        assert values == {"job": all_of(shipped_jobs())}  # $job finds both scrape jobs
+        # $job finds the scrape jobs; $namespace the one namespace, chosen as a user would
+        assert values == {"job": all_of(shipped_jobs()), "namespace": all_of([NAMESPACE])}
         checked = [*dashboard_queries(values), *rule_queries("record")]
         assert len(checked) > 40
         for where, expr in checked:
