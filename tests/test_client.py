@@ -365,9 +365,10 @@ def test_openapi_generates_a_working_client(stack, tmp_path):
         generated = importlib.import_module(package)
         api = importlib.import_module(f"{package}.api.default")
         models = importlib.import_module(f"{package}.models")
-        initiate = importlib.import_module(f"{api.__name__}.post_v1_download_initiate")
-        status = importlib.import_module(f"{api.__name__}.get_v1_download_status_job_id")
-        file = importlib.import_module(f"{api.__name__}.get_v1_download_job_id_file")
+        # one module per operation, named by its operationId (service/api/openapi.py)
+        initiate = importlib.import_module(f"{api.__name__}.initiate")
+        status = importlib.import_module(f"{api.__name__}.status")
+        file = importlib.import_module(f"{api.__name__}.file")
         with generated.Client(base_url=stack.url, raise_on_unexpected_status=True) as client:
             accepted = initiate.sync(client=client, body=models.InitiateRequest(file_ids=[70028]))
             assert accepted.status.value == "queued", accepted

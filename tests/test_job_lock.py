@@ -14,6 +14,7 @@ import redis
 from rq.job import Job
 
 from service.harness import wait_until
+from service.telemetry.logging import job_ref
 from tests.jobs import initiate, plant_execution, wait_for
 
 
@@ -51,4 +52,4 @@ def test_a_live_older_execution_keeps_the_job_and_a_dead_one_hands_it_over(make_
         finally:
             beating.set()
     stood_down = [line for line in worker.output().splitlines() if "duplicate_execution_stood_down" in line]
-    assert len(stood_down) == 1 and held in stood_down[0], stood_down
+    assert len(stood_down) == 1 and job_ref(held) in stood_down[0], stood_down
