@@ -8,11 +8,14 @@ against the same bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ from service.settings import load_settings
 from service.webhooks import delivery, guard
 from tests.hooks import SECRET, WEBHOOKS, Receiver
 from tests.jobs import initiate_json, runtime_on, wait_for
-from tests.support import ROOT
+from tests.support import ROOT, require_binary
 
 FAST = {**WEBHOOKS, "WEBHOOK_MAX_ATTEMPTS": "3"}
 
@@ -243,6 +246,56 @@ def test_a_rebinding_resolver_cannot_aim_a_delivery_at_loopback(redis_factory, m
         runtime.install(None)  # type: ignore[arg-type]
         judged.server.shutdown()
         victim.server.shutdown()
+        conn.close()
+
+
+def test_https_deliveries_dial_the_judged_address_and_name_the_host_in_sni(
+    redis_factory, monkeypatch, tmp_path
+):
+    """An https callback connects to the judged address but its TLS handshake names the host
+    (SNI), so the receiver's certificate is checked against the name, not the address."""
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=hooks.tls.test", "-addext", "subjectAltName=DNS:hooks.tls.test"]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject,
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    listener = socket.create_server(("127.0.0.2", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+            pass  # the client gives up on our self-signed certificate after the SNI was sent
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    real = socket.getaddrinfo
+    answers = ["127.0.0.2"]
+
+    def rebinding(host: Any, port_: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.tls.test":
+            address = answers.pop(0) if answers else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port_)))]
+        return real(host, port_, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    conn = redis.Redis.from_url(redis_factory().url)
+    rt = runtime_on(conn, webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.2/32"])
+    runtime.install(rt)
+    try:
+        job_id, event_id = terminal_job_with_callback(rt, f"https://hooks.tls.test:{port}/hook")
+        record = delivery.deliver(job_id, event_id)
+        assert names == ["hooks.tls.test"]
+        assert record is not None and record["lastError"] == "no response"  # untrusted: not sent
+    finally:
+        runtime.install(None)  # type: ignore[arg-type]
+        listener.close()
         conn.close()
 
 
