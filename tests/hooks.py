@@ -67,10 +67,10 @@ class Receiver:
 
 class Hostile:
     """A callback receiver that never answers: `blackhole` reads the request and says nothing;
-    `trickle` sends a status line, then one header line every half second, forever."""
+    `trickle` sends a status line, then one header line every `every_s`, forever."""
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+    def __init__(self, mode: str, every_s: float = 0.5) -> None:
+        self.mode, self.every_s = mode, every_s
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
         self.connections: list[socket.socket] = []
@@ -90,7 +90,7 @@ class Hostile:
     def _trickle(self, conn: socket.socket) -> None:
         try:
             conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            while not self.stopped.wait(0.5):
+            while not self.stopped.wait(self.every_s):
                 conn.sendall(b"x-still-thinking: 1\r\n")
         except OSError:
             pass
