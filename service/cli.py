@@ -27,8 +27,17 @@ from service.proxy import cli as proxy_cli
 from service.settings import API_SHUTDOWN_GRACE_S, Settings, SettingsError, load_settings
 from service.telemetry.logging import configure, get_logger
 
-# Downloads of 5-15 s as in the original's dev mode, and a drain that outlasts them (Ctrl+C).
-DEV_DEFAULTS = {"DOWNLOAD_DELAY_MIN_MS": "5000", "DOWNLOAD_DELAY_MAX_MS": "15000", "WORKER_DRAIN_S": "20"}
+# Downloads of 5-15 s as in the original's dev mode, and a drain that outlasts them (Ctrl+C);
+# listening on loopback only unless HOST says otherwise.
+DEV_DEFAULTS = {
+    "DOWNLOAD_DELAY_MIN_MS": "5000",
+    "DOWNLOAD_DELAY_MAX_MS": "15000",
+    "WORKER_DRAIN_S": "20",
+    "HOST": "127.0.0.1",
+}
+# The demo's callbacks go to receivers on this machine: loopback, and nothing else private
+# (never WEBHOOK_ALLOW_PRIVATE: on a cloud VM that would reach 169.254.169.254).
+DEV_WEBHOOK_HOSTS = "127.0.0.0/8,::1"
 
 
 def _settings() -> Settings:
@@ -268,11 +277,12 @@ def _run_dev(settings: Settings, env: dict[str, str], home: Path) -> int:
             )
         if settings.webhook_secret is None:
             secret = _dev_webhook_secret(home / "webhook-secret")
-            env.update(WEBHOOK_SECRET=secret, WEBHOOK_ALLOW_PRIVATE="true")
+            env.update(WEBHOOK_SECRET=secret)
+            env.setdefault("WEBHOOK_ALLOWED_HOSTS", DEV_WEBHOOK_HOSTS)
             log.info(
                 "dev_webhooks_enabled",
                 signing_key_file=str(home / "webhook-secret"),
-                note="WEBHOOK_SECRET was unset: a fresh one for this run; private callback URLs allowed",
+                note="WEBHOOK_SECRET was unset: a fresh one for this run; loopback callback URLs allowed",
             )
         me = [sys.executable, "-m", "service"]
         children.append(subprocess.Popen([*me, "worker"], env=env))

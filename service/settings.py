@@ -113,9 +113,15 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None  # "whsec_<base64>" or any string; unset = no callbacks
     webhook_allow_private: bool = False  # allow callbacks to loopback / private / link-local
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = []  # hosts or CIDRs allowed anyway
+    webhook_allowed_ports: Annotated[list[int], NoDecode] = []  # empty = any port
     webhook_max_attempts: int = Field(6, ge=1, le=20)
     webhook_retry_base_s: float = Field(2.0, ge=0)
+    # One attempt's whole deadline: resolution, connect, request, response headers
     webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    webhook_dns_timeout_s: float = Field(2.0, gt=0, le=30)  # one callback host's lookup
+    webhook_concurrency: int = Field(8, ge=1, le=512)  # deliveries at once per worker (not slots)
+    webhook_per_host_concurrency: int = Field(2, ge=1, le=512)  # per destination host, per worker
+    webhook_dead_letters_max: int = Field(10_000, ge=1)  # the newest kept; each for JOB_TTL_S
 
     # Observability (docs/observability.md): metrics and traces
     worker_metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0 = off
@@ -133,7 +139,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     @field_validator(
-        "cors_origins", "trusted_proxies", "webhook_allowed_hosts", "redis_sentinels", mode="before"
+        "cors_origins",
+        "trusted_proxies",
+        "webhook_allowed_hosts",
+        "webhook_allowed_ports",
+        "redis_sentinels",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -146,6 +157,14 @@ class Settings(BaseSettings):
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _valid_ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{port} is not a TCP port")
         return value
 
     @field_validator("redis_sentinels")

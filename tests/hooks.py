@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +20,7 @@ WEBHOOKS = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEB
 class Receiver:
     """A loopback HTTP server that answers with scripted statuses and records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.script: list[int] = []  # statuses to answer in order; then `default`
         self.default = 204
@@ -39,8 +40,9 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=do-not-log"
+        self.server = ThreadingHTTPServer((address, port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{address}:{self.port}/hook?token=do-not-log"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def deliveries(self, job_id: str) -> list[tuple[dict[str, str], bytes]]:
@@ -61,3 +63,53 @@ class Receiver:
             return f"{count} deliveries for job {job_id} (got {len(self.deliveries(job_id))})"
 
         return wait_until(arrived, timeout_s, what, retry_on=())
+
+
+class Hostile:
+    """A callback receiver that never answers: `blackhole` reads the request and says nothing;
+    `trickle` sends a status line, then one header line every `every_s`, forever."""
+
+    def __init__(self, mode: str, every_s: float = 0.5) -> None:
+        self.mode, self.every_s = mode, every_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.connections: list[socket.socket] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            if self.mode == "trickle":
+                threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not self.stopped.wait(self.every_s):
+                conn.sendall(b"x-still-thinking: 1\r\n")
+        except OSError:
+            pass
+
+    def holding(self) -> int:
+        """How many connections the client still keeps open (pending bytes are discarded)."""
+        count = 0
+        for conn in list(self.connections):
+            try:
+                while conn.recv(65536, socket.MSG_DONTWAIT):
+                    pass
+            except BlockingIOError:
+                count += 1  # open, nothing more to read
+            except OSError:
+                pass
+        return count
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for conn in self.connections:
+            conn.close()

@@ -87,6 +87,11 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
             # webhooks work out of the box, signed with a secret kept in a file, not in the logs
             hooked = initiate_json(client, {"file_ids": [70007], "callbackUrl": hook.url})
             [(headers, body)] = hook.for_job(hooked)
+            # ... to loopback only: never the cloud metadata endpoint or the private network
+            for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook"):
+                body_ = {"file_ids": [70007], "callbackUrl": url}
+                assert client.post("/v1/download/initiate", json=body_).status_code == 400, url
+        assert _listening_addresses(port) == {"127.0.0.1"}, "make run listens on loopback only"
         first_lines = log.read_text()
         assert "embedded_redis_started" in first_lines and "embedded_s3_started" in first_lines
         assert "downloads/70000.zip .. downloads/70063.zip" in first_lines
@@ -104,6 +109,17 @@ def test_make_run_starts_everything_embedded_and_completes_a_job(tmp_path):
     assert "Traceback" not in log.read_text(), "Ctrl+C stops the stack without a traceback"
     assert not Path(secret_file.group(1)).parent.exists(), "make run leaves its temporary directory"
     hook.server.shutdown()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local IPv4 addresses with a socket listening on `port` (Linux's /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, _remote, status = line.split()[1:4]
+        address, port_hex = local.split(":")
+        if status == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
 
 
 def _group_alive(pgid: int) -> bool:

@@ -7,23 +7,32 @@ against the same bytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service import keys, runtime
 from service.harness import wait_until
+from service.jobs import lifecycle, state
 from service.settings import load_settings
-from service.webhooks import guard
+from service.webhooks import delivery, guard
 from tests.hooks import SECRET, WEBHOOKS, Receiver
-from tests.jobs import initiate_json, wait_for
-from tests.support import ROOT
+from tests.jobs import initiate_json, runtime_on, wait_for
+from tests.support import ROOT, require_binary
 
 FAST = {**WEBHOOKS, "WEBHOOK_MAX_ATTEMPTS": "3"}
 
@@ -134,7 +143,11 @@ def test_a_4xx_answer_is_final(make_stack, receiver):
 
 
 def test_callbacks_to_private_addresses_are_refused(make_stack):
+    """400 with the request id; for a host that is not public, one generic message whether it
+    is an internal name, a private literal or a name that does not resolve: never the address
+    a name has (an oracle for the internal network otherwise)."""
     stack = make_stack(WEBHOOK_SECRET=SECRET)  # no allow-list
+    not_public = set()
     with stack.client() as client:
         for url in (
             "http://127.0.0.1:9/hook",
@@ -142,6 +155,7 @@ def test_callbacks_to_private_addresses_are_refused(make_stack):
             "http://169.254.169.254/latest/meta-data/",
             "http://10.1.2.3/hook",
             "http://[::1]/hook",
+            "http://no-such-host.invalid/hook",
             "ftp://example.com/hook",
             "http://user:pass@example.com/hook",
             "not a url",
@@ -149,6 +163,10 @@ def test_callbacks_to_private_addresses_are_refused(make_stack):
             response = client.post("/v1/download/initiate", json={"file_ids": [70000], "callbackUrl": url})
             assert response.status_code == 400, (url, response.text)
             assert response.json()["requestId"] == response.headers["x-request-id"]
+            if url.startswith("http://") and "@" not in url:
+                not_public.add(response.json()["message"])
+        [message] = not_public
+        assert not re.search(r"\d+\.\d+\.\d+\.\d+|::1|resolve", message), message
         wrong_type = client.post("/v1/download/initiate", json={"file_ids": [70000], "callbackUrl": 5})
         assert wrong_type.status_code == 400 and "callbackUrl" in wrong_type.json()["message"]
 
@@ -173,18 +191,164 @@ def test_without_a_secret_callbacks_are_refused(stack):
         ("http://8.8.8.8/x", {}, True),
         ("https://8.8.8.8:8443/x", {}, True),
         ("http://8.8.8.8:99999/x", {}, False),
+        # addresses that stand for another one: NAT64, 6to4, IPv4-compatible, Teredo
+        ("http://[64:ff9b::7f00:1]/x", {}, False),
+        ("http://[64:ff9b::a9fe:a9fe]/x", {}, False),
+        ("http://[64:ff9b:1::a00:1]/x", {}, False),
+        ("http://[2002:7f00:1::1]/x", {}, False),
+        ("http://[::7f00:1]/x", {}, False),
+        ("http://[::a9fe:a9fe]/x", {}, False),
+        ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x", {}, False),
+        ("http://[2606:4700:4700::1111]/x", {}, True),
+        # the optional port allow-list
+        ("https://8.8.8.8/x", {"webhook_allowed_ports": "443"}, True),
+        ("http://8.8.8.8:6379/x", {"webhook_allowed_ports": "80,443"}, False),
     ],
 )
 def test_guard(url: str, env: dict[str, str], allowed: bool) -> None:
     settings = load_settings(**env)
     if allowed:
-        guard.check(url, settings)
+        asyncio.run(guard.check(url, settings))
     else:
         with pytest.raises(guard.UnsafeCallback):
-            guard.check(url, settings)
+            asyncio.run(guard.check(url, settings))
+
+
+def test_a_rebinding_resolver_cannot_aim_a_delivery_at_loopback(redis_factory, monkeypatch):
+    """The resolver answers an allowed address to the first lookup and loopback to every later
+    one (DNS rebinding). The delivery must go to the address that was judged, with the Host
+    header naming the host, and the loopback listener on the same port must get nothing."""
+    judged = Receiver("127.0.0.2")
+    victim = Receiver("127.0.0.1", judged.port)
+    answers = ["127.0.0.2"]
+    real = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.rebind.test":
+            address = answers.pop(0) if answers else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    conn = redis.Redis.from_url(redis_factory().url)
+    rt = runtime_on(conn, webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.2/32"])
+    runtime.install(rt)
+    try:
+        url = f"http://hooks.rebind.test:{judged.port}/hook"
+        job_id, event_id = terminal_job_with_callback(rt, url)
+        delivery.deliver(job_id, event_id)
+        [(headers, body)] = judged.deliveries(job_id)
+        assert {k.lower(): v for k, v in headers.items()}["host"] == f"hooks.rebind.test:{judged.port}"
+        assert Webhook(SECRET).verify(body, headers)["id"] == event_id
+        assert victim.requests == []
+        assert state.load(conn, job_id).webhook["state"] == "delivered"
+    finally:
+        runtime.install(None)  # type: ignore[arg-type]
+        judged.server.shutdown()
+        victim.server.shutdown()
+        conn.close()
+
+
+def test_https_deliveries_dial_the_judged_address_and_name_the_host_in_sni(
+    redis_factory, monkeypatch, tmp_path
+):
+    """An https callback connects to the judged address but its TLS handshake names the host
+    (SNI), so the receiver's certificate is checked against the name, not the address."""
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=hooks.tls.test", "-addext", "subjectAltName=DNS:hooks.tls.test"]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject,
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    listener = socket.create_server(("127.0.0.2", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+            pass  # the client gives up on our self-signed certificate after the SNI was sent
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    real = socket.getaddrinfo
+    answers = ["127.0.0.2"]
+
+    def rebinding(host: Any, port_: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.tls.test":
+            address = answers.pop(0) if answers else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port_)))]
+        return real(host, port_, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    conn = redis.Redis.from_url(redis_factory().url)
+    rt = runtime_on(conn, webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.2/32"])
+    runtime.install(rt)
+    try:
+        job_id, event_id = terminal_job_with_callback(rt, f"https://hooks.tls.test:{port}/hook")
+        record = delivery.deliver(job_id, event_id)
+        assert names == ["hooks.tls.test"]
+        assert record is not None and record["lastError"] == "no response"  # untrusted: not sent
+    finally:
+        runtime.install(None)  # type: ignore[arg-type]
+        listener.close()
+        conn.close()
+
+
+def test_the_dead_letter_set_is_capped_and_expires(redis_factory, receiver):
+    """A client whose callback always answers 4xx must not grow the dead-letter set forever: it
+    keeps the newest WEBHOOK_DEAD_LETTERS_MAX, none older than JOB_TTL_S, and expires itself."""
+    receiver.default = 410  # final: one attempt, then a dead letter
+    conn = redis.Redis.from_url(redis_factory().url)
+    rt = runtime_on(
+        conn,
+        webhook_secret=SECRET,
+        webhook_allowed_hosts=["127.0.0.1"],
+        webhook_dead_letters_max=3,
+        job_ttl_s=3600,
+    )
+    runtime.install(rt)
+    try:
+        doomed = []
+        for _ in range(5):
+            job_id, event_id = terminal_job_with_callback(rt, receiver.url)
+            delivery.deliver(job_id, event_id)
+            doomed.append(job_id)
+        assert [m.decode() for m in conn.zrange(keys.DEAD_LETTERS, 0, -1)] == doomed[-3:]
+        assert 0 < conn.ttl(keys.DEAD_LETTERS) <= 3600
+        conn.zadd(keys.DEAD_LETTERS, {"older-than-its-job": time.time() - 7200})
+        job_id, event_id = terminal_job_with_callback(rt, receiver.url)
+        delivery.deliver(job_id, event_id)
+        assert b"older-than-its-job" not in conn.zrange(keys.DEAD_LETTERS, 0, -1)
+    finally:
+        runtime.install(None)  # type: ignore[arg-type]
+        conn.close()
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def terminal_job_with_callback(rt: Any, url: str) -> tuple[str, str]:
+    """A completed job with a callback and a pending delivery record, as `finish` leaves it."""
+    job = state.JobRecord(
+        id=str(uuid.uuid4()),
+        status=state.COMPLETED,
+        file_ids=[70000],
+        created_at=state.now_iso(),
+        queue=keys.SMALL_QUEUE,
+        callback_url=url,
+    )
+    event_id = f"msg_{uuid.uuid4().hex}"
+    record = {"state": "pending", "eventId": event_id, "attempts": 0, "lastStatus": None, "lastError": None}
+    with rt.redis.pipeline() as pipe:
+        state.queue_create(pipe, job, 3600, track_client=False)
+        lifecycle.stage_webhook(pipe, job.id, record)
+        pipe.execute()
+    return job.id, event_id
 
 
 def initiate_with_callback(client: Any, file_ids: list[int], url: str) -> str:

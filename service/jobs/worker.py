@@ -5,7 +5,13 @@ docs/benchmarks.md), which cannot carry a thousand two-minute downloads on one b
 keeps RQ's model (RQ 3 already tracks several executions per worker) and runs each job's
 `perform_job` in a thread:
 
-- the main loop dequeues only while one of WORKER_CONCURRENCY slots is free;
+- the main loop dequeues downloads only while one of WORKER_CONCURRENCY slots is free;
+- webhook deliveries (keys.WEBHOOK_QUEUE) never take a download slot: a thread of their own
+  dequeues them while one of WEBHOOK_CONCURRENCY delivery slots is free and runs them on a
+  pool of that size, so callbacks that are slow, failing or blackholed cannot delay a
+  download (each attempt is bounded, webhooks/delivery.py). Their retries wait in RQ's
+  ScheduledJobRegistry; the same loop steps RQ's scheduler (`RQScheduler`, its lock held by
+  one worker at a time) instead of RQ forking a scheduler process next to our threads;
 - every execution is registered as RQ's own `Execution`, so StartedJobRegistry, the worker's
   execution index and RQ's abandoned-job handling stay truthful per job;
 - a heartbeat thread refreshes each running execution every WORKER_HEARTBEAT_S, with a TTL of
@@ -39,14 +45,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import redis
-from rq.exceptions import StopRequested
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
+from service import keys
 from service.jobs import cancel, lock, reaper
 from service.jobs.outage import REDIS_DOWN
 from service.runtime import Runtime
@@ -70,6 +78,14 @@ class DownloadWorker(BaseWorker):
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="download")
+        hooks = self.settings.webhook_concurrency
+        self._hook_slots = threading.BoundedSemaphore(hooks)
+        self._hook_pool = ThreadPoolExecutor(max_workers=hooks, thread_name_prefix="webhook")
+        self._hook_queue = next((q for q in self.queues if q.name == keys.WEBHOOK_QUEUE), None)
+        self._deliverer: threading.Thread | None = None
+        self._scheduler = RQScheduler([keys.WEBHOOK_QUEUE], connection=self.connection)
+        self._burst = False
+        self._delivering: set[str] = set()  # execution ids of the running deliveries
         self._running: dict[str, tuple[Job, Execution]] = {}
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
@@ -82,24 +98,18 @@ class DownloadWorker(BaseWorker):
     @property
     def running_count(self) -> int:
         """Downloads running now (exported as delineate_worker_downloads_running)."""
-        return len(self._running)
+        return len(self._running) - len(self._delivering)
 
     # -- RQ hooks --------------------------------------------------------------------------
 
+    def work(self, burst: bool = False, *args: object, **kwargs: object) -> bool:
+        self._burst = burst  # the delivery loop ends too once its queue is empty
+        return super().work(burst, *args, **kwargs)  # type: ignore[arg-type]
+
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Start the job in the pool, then return once a slot is free for the next dequeue."""
+        """Start the download in the pool, then return once a slot is free for the next dequeue."""
         self._slots.acquire()
-        self._start_heartbeats()
-        try:
-            execution = self.prepare_execution(job)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            # popped but never registered: the reaper requeues it once Redis is back
-            self._slots.release()
-            self.log.warning("job %s not started, Redis unavailable: %s", job.id, exc)
-            return
-        self._running[execution.id] = (job, execution)
-        cancel.track(job.id)
-        self._pool.submit(self._perform, job, queue, execution)
+        self._start(job, queue, self._slots, self._pool)
         while not self._slots.acquire(timeout=1.0):
             if self._stop_requested:
                 return
@@ -114,9 +124,22 @@ class DownloadWorker(BaseWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        """Downloads only (deliveries have their own loop, `_deliver`); a worker serving only
+        the webhook queue keeps its heartbeat and maintenance here until it is stopped."""
+        self._start_deliveries()
+        self._ordered_queues = [q for q in self._ordered_queues if q.name != keys.WEBHOOK_QUEUE]
         self._dequeuing = True
         try:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if self._ordered_queues:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if self._burst:
+                return None  # nothing to dequeue here; the delivery loop drains its queue
+            while not self._stop_requested:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                time.sleep(min(timeout or 1, self.dequeue_timeout))
+            raise StopRequested
         finally:
             self._dequeuing = False
 
@@ -212,9 +235,12 @@ class DownloadWorker(BaseWorker):
         deadline = time.monotonic() + self.settings.worker_drain_s
         while self._running and time.monotonic() < deadline and not self._hurry.wait(0.1):
             pass
+        if self._deliverer is not None:
+            self._deliverer.join()  # it sees the stop within one dequeue wait
         if self._running:
             self.log.warning("handing %d running downloads back to their queues", cancel.hand_back_all())
         self._pool.shutdown(wait=True)
+        self._hook_pool.shutdown(wait=True)  # an attempt ends within WEBHOOK_TIMEOUT_S
         self._stop_beating.set()
         with self._riding_out("deregistration"):  # Redis may be gone first (`make run`'s Ctrl+C)
             super().teardown()
@@ -235,13 +261,89 @@ class DownloadWorker(BaseWorker):
     def _reap_due(self) -> bool:
         return time.monotonic() - self._last_reap >= self.settings.reaper_interval_s
 
-    def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
+    def _start(
+        self, job: Job, queue: Queue, slots: threading.BoundedSemaphore, pool: ThreadPoolExecutor
+    ) -> None:
+        """Register the execution (RQ's own) and run it on `pool`; the caller holds one of
+        `slots`, released when the job ends."""
+        self._start_heartbeats()
+        try:
+            execution = self.prepare_execution(job)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # popped but never registered: the reaper requeues it once Redis is back
+            slots.release()
+            self.log.warning("job %s not started, Redis unavailable: %s", job.id, exc)
+            return
+        self._running[execution.id] = (job, execution)
+        if slots is self._hook_slots:
+            self._delivering.add(execution.id)
+        else:
+            cancel.track(job.id)
+        pool.submit(self._perform, job, queue, execution, slots)
+
+    def _start_deliveries(self) -> None:
+        if self._hook_queue is not None and self._deliverer is None:
+            self._deliverer = threading.Thread(target=self._deliver, name="deliveries", daemon=True)
+            self._deliverer.start()
+
+    def _deliver(self) -> None:
+        """The delivery loop: due retries onto the queue (RQ's scheduler), then dequeue from
+        the webhook queue while a delivery slot is free. In burst mode, until it is empty."""
+        assert self._hook_queue is not None
+        next_step = -math.inf
+        while not self._stop_requested:
+            if time.monotonic() >= next_step:
+                next_step = time.monotonic() + self._scheduler.interval
+                self._step_scheduler()
+            if not self._hook_slots.acquire(timeout=1.0):
+                continue
+            found = None
+            try:
+                found = self.queue_class.dequeue_any(
+                    [self._hook_queue],
+                    None if self._burst else 1,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                pass
+            except Exception as exc:  # Redis away (or a job that cannot be read): wait, go on
+                self.log.warning("webhook dequeue failed: %s", exc)
+                self._stop_beating.wait(1.0)
+            if found is None:
+                self._hook_slots.release()
+                if self._burst:
+                    break
+                continue
+            self._start(*found, self._hook_slots, self._hook_pool)
+        with self._riding_out("scheduler lock release"):
+            self._scheduler.release_locks()
+
+    def _step_scheduler(self) -> None:
+        """One turn of RQ's scheduler: hold (or refresh) its lock for the webhook queue and
+        move the delivery attempts that are due onto the queue."""
+        try:
+            with self._riding_out("scheduler"):
+                if self._scheduler.should_reacquire_locks:
+                    self._scheduler.acquire_locks()
+                if self._scheduler.acquired_locks:
+                    self._scheduler.heartbeat()
+                    self._scheduler.enqueue_scheduled_jobs()
+        except Exception:
+            self.log.exception("scheduling due webhook deliveries failed")
+
+    def _perform(
+        self, job: Job, queue: Queue, execution: Execution, slots: threading.BoundedSemaphore
+    ) -> None:
         try:
             self.perform_job(job, queue, execution)
         finally:
             cancel.forget(job.id)
             self._running.pop(execution.id, None)
-            self._slots.release()
+            self._delivering.discard(execution.id)
+            slots.release()
             if not self._running:
                 self.set_state(WorkerStatus.IDLE)
 
