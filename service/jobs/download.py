@@ -59,8 +59,9 @@ def retry_backoff_s(settings: Settings, attempt: int) -> float:
 def run(job_id: str) -> dict[str, Any] | Retry | None:
     """RQ entry point: the job, observed.
 
-    Log lines carry job_id; the job's span continues the trace of the initiate request; the
-    attempt is counted with its queue wait (lifecycle.finish counts the ending).
+    Log lines carry the job (as its digest, telemetry.logging.job_ref); the job's span continues
+    the trace of the initiate request; the attempt is counted with its queue wait
+    (lifecycle.finish counts the ending).
     """
     rt = runtime.current()
     job = state.load(rt.redis, job_id)
@@ -71,7 +72,7 @@ def run(job_id: str) -> dict[str, Any] | Retry | None:
     # the per-job lock: a newer execution waits out an older one whose worker may be dead
     if rq_job and not lock.wait_for_turn(rt.redis, rq_job, rt.settings.worker_heartbeat_s, stop):
         if stop.hand_back:
-            return _hand_back(rt, job_id)
+            return _stopped(rt, job_id, stop)
         log.warning("duplicate_execution_stood_down", job_id=job_id)
         return None
     attempt = 1 + rt.settings.job_max_retries - (rq_job.retries_left or 0) if rq_job else 1
@@ -92,7 +93,7 @@ def run(job_id: str) -> dict[str, Any] | Retry | None:
 def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> dict[str, Any] | Retry | None:
     job_id, ttl = job.id, rt.settings.job_ttl_s
     if stop.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
-        return _hand_back(rt, job_id) if stop.hand_back else None
+        return _stopped(rt, job_id, stop)
     allowance = outage.Allowance(rt.settings.job_outage_allowance_s, rt.storage, stop)
     try:
         allowance.redis(lifecycle.start, rt, job, attempt)
@@ -101,7 +102,7 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> 
         last_progress = None
         for file_id in job.file_ids[job.done :]:
             if stop.wait(per_file):
-                return _hand_back(rt, job_id) if stop.hand_back else None
+                return _stopped(rt, job_id, stop)
             size = allowance.s3(rt.storage.size_of, source_key(file_id))
             result = {"file_id": file_id, "available": size is not None, "size": size}
             results.append(result)
@@ -116,13 +117,17 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> 
                 last_progress = progress  # _publish writes it, with the result when it can
         return _publish(rt, allowance, job_id, results, last_progress)
     except outage.Stopped:
-        return _hand_back(rt, job_id) if stop.hand_back else None
+        return _stopped(rt, job_id, stop)
     except lifecycle.JobGone:
         return None
 
 
-def _hand_back(rt: Runtime, job_id: str) -> Retry | None:
-    """Back to the front of its queue, its progress kept, no retry spent (None: it ended)."""
+def _stopped(rt: Runtime, job_id: str, stop: cancel.Stop) -> Retry | None:
+    """What an execution its Stop ended returns. A cancel: None (the canceller wrote the ending).
+    A worker shutting down (`stop.hand_back`): back to the front of its queue, its progress kept,
+    no retry spent (None if it ended meanwhile)."""
+    if not stop.hand_back:
+        return None
     try:
         lifecycle.hand_back(rt, job_id)
     except lifecycle.JobGone:
