@@ -11,12 +11,13 @@ holding an id finds its lines by its digest: `service.telemetry.logging.job_ref(
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -63,6 +64,36 @@ def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, 
     return event
 
 
+class TurnFlushed:
+    """A binary stream whose flushes on an event loop wait for the end of the turn.
+
+    structlog's BytesLogger writes and flushes each line: a write(2) per access line, on every
+    request's path. Lines written during one event-loop turn (under load, dozens of requests end
+    in one) now leave in one write once the turn's ready callbacks have run, in the order they
+    were written: the stream's own buffer keeps them, and it also carries the stdlib handler's
+    lines, which flush it at once. Off the loop (a worker, a thread) a flush is immediate.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.write = stream.write
+        self._scheduled = False
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.stream.flush()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._scheduled = False
+        self.stream.flush()
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     """JSON lines are serialized by orjson and written as bytes: the API writes one access line
     per request, so the cost of a line is on every request's path."""
@@ -84,7 +115,11 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         else structlog.processors.JSONRenderer(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
     )
     filtering = structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
-    output = structlog.PrintLogger(sys.stderr) if console else structlog.BytesLogger(sys.stderr.buffer)
+    output = (
+        structlog.PrintLogger(sys.stderr)
+        if console
+        else structlog.BytesLogger(TurnFlushed(sys.stderr.buffer))
+    )
     structlog.configure(
         # Redaction after the traceback is rendered, so an exception's text is redacted too.
         processors=[*shared, structlog.processors.format_exc_info, _redact, final],
