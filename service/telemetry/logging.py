@@ -23,6 +23,7 @@ import orjson
 import structlog
 
 from service.telemetry.tracing import add_trace_ids
+from service.telemetry.tracing import enabled as tracing_enabled
 
 REDACTED = "[redacted]"
 SENSITIVE = ("secret", "password", "token", "signature", "authorization", "x-amz-")
@@ -128,16 +129,10 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     global _access
-    _access = structlog.wrap_logger(
-        output,
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            add_trace_ids,
-            final,
-        ],
-        wrapper_class=filtering,
-    )
+    # What access_logger() wraps: the access line's chain is chosen when the API is built, once
+    # tracing is known (its trace ids processor costs a context lookup per request for nothing
+    # while tracing is off).
+    _access = (output, final, filtering)
     # Libraries (uvicorn, rq, botocore) log through stdlib logging: same renderer, same fields.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -162,14 +157,24 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
-_access: Any = None
+_access: tuple[Any, Any, Any] | None = None
 
 
 def access_logger() -> Any:
     """The logger for the API's one line per request: the short chain (no context merge, no
-    redaction: its fields are fixed, never secret, and the request id is passed explicitly).
-    The general logger until `configure` ran."""
-    return _access if _access is not None else get_logger("service.api")
+    redaction: its fields are fixed, never secret, and the request id is passed explicitly),
+    with trace ids only while tracing is on. The general logger until `configure` ran."""
+    if _access is None:
+        return get_logger("service.api")
+    output, final, filtering = _access
+    traced = [add_trace_ids] if tracing_enabled() else []
+    processors = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *traced,
+        final,
+    ]
+    return structlog.wrap_logger(output, processors=processors, wrapper_class=filtering)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
