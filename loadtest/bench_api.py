@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from pathlib import Path
 import httpx
 
 from backends import LOAD_SETTINGS
+from floor import serve, wrk
 from service import harness
 from service.harness import Backends, Proc
 
@@ -91,41 +91,6 @@ POST_LUA = (
 
 
 PARTS = ("root", "status", "initiate", "latency")
-
-
-def serve(name: str, app: str, env: dict[str, str], port: int, logs: Path, cwd: Path) -> Proc:
-    """uvicorn serving `app` (importable from `cwd`), ready once it answers."""
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-    ]
-    args += ["--no-access-log", "--log-level", "warning"]
-    proc = harness.spawn(name, args, env, logs, cwd=cwd)
-    harness.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, proc.process)
-    return proc
-
-
-def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, float]:
-    """requests/s and p99 latency (ms)."""
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
-    if script:
-        args[1:1] = ["-s", str(script)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
-    p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        print(f"    warning: {non2xx.group(1)} non-2xx answers from {url}")
-    return rps, p99
 
 
 def profile(pid: int, url: str, out: Path, seconds: int) -> None:
