@@ -13,9 +13,9 @@ With --replica-ack, a replica of the private Redis is started too, and a second 
 for it to confirm each job (REDIS_MIN_REPLICAS_ACK=1, Redis WAIT) is measured against the
 first, round by round (2b): what durable acceptance costs initiate.
 
-Every server is one uvicorn process (uvloop, httptools) on a private Redis and SeaweedFS S3.
-The real API logs as `delineate api` does (JSON, one access line per request; app_from_env
-configures it), with a rate-limit budget and QUEUE_MAX_DEPTH too large to refuse anything and
+Every server is one uvicorn process (uvloop, httptools, no proxy headers, no Server header) on
+a private Redis and SeaweedFS S3. The real API is `delineate api` itself (its HTTP protocol
+class and connection limit too), logging JSON, one access line per request, with a rate-limit budget and QUEUE_MAX_DEPTH too large to refuse anything and
 PER_CLIENT_MAX_ACTIVE_JOBS=0 (every request comes from one client). Replaces the former
 observability/bench/status_throughput.py.
 Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compare within a run).
@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 
 from backends import LOAD_SETTINGS
-from floor import serve, wrk
+from floor import serve, serve_api, wrk
 from service import harness
 from service.harness import Backends, Proc
 
@@ -210,21 +210,19 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         import redis
 
         redis.Redis.from_url(backends.redis.url).set("bench", "x" * 200)
-        bare_port, real_port = harness.free_port(), harness.free_port()
+        bare_port = harness.free_port()
         logs, service = home / "logs", harness.PACKAGE_PARENT
         real_env = {**env, "LOG_LEVEL": "info"}
-        procs.append(serve("api", "service.api.app:app_from_env", real_env, real_port, logs, service))
-        real = f"http://127.0.0.1:{real_port}"
+        api, real = serve_api("api", real_env, logs, service)
+        procs.append(api)
         message = httpx.get(f"{real}/").json()["message"]  # the bare root answers the same JSON
         bare_env = {**env, "BENCH_ROOT_MESSAGE": message}
         procs.append(serve("bare", "bench_bare:app", bare_env, bare_port, logs, home))
         bare = f"http://127.0.0.1:{bare_port}"
         before = None
         if args.against:
-            before_port = harness.free_port()
-            app = "service.api.app:app_from_env"
-            procs.append(serve("before", app, real_env, before_port, logs, args.against.resolve()))
-            before = f"http://127.0.0.1:{before_port}"
+            before_api, before = serve_api("before", real_env, logs, args.against.resolve())
+            procs.append(before_api)
         job = httpx.post(f"{real}/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
         each = f"{args.rounds} rounds of {args.seconds} s each, wrk -t2 -c64"
 
@@ -265,14 +263,13 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
             )
             procs.append(replica)
             harness.wait_until(lambda: harness.replica_synced(replica), 10, "replica synced")
-            acked_port = harness.free_port()
             acked_env = {**real_env, "REDIS_MIN_REPLICAS_ACK": "1"}
-            app = "service.api.app:app_from_env"
-            procs.append(serve("api-acked", app, acked_env, acked_port, logs, service))
+            acked_api, acked = serve_api("api-acked", acked_env, logs, service)
+            procs.append(acked_api)
             print("2b. initiate with REDIS_MIN_REPLICAS_ACK=1 (a replica confirms each job) vs without")
             side_by_side(
                 f"{real}/v1/download/initiate",
-                f"http://127.0.0.1:{acked_port}/v1/download/initiate",
+                f"{acked}/v1/download/initiate",
                 "initiate+WAIT",
                 args,
                 lua,

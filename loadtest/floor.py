@@ -50,13 +50,27 @@ def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, floa
 
 
 def serve(name: str, app: str, env: dict[str, str], port: int, logs: Path, cwd: Path) -> harness.Proc:
-    """uvicorn serving `app` (importable from `cwd`) as the API runs (uvloop, httptools, no
-    uvicorn access log), ready once it answers."""
+    """uvicorn serving `app` (importable from `cwd`) with the options `delineate api` gives it
+    (uvloop, httptools, no proxy headers, no Server header, no uvicorn access log), ready once it
+    answers."""
     args = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop"]
-    args += ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    args += ["--http", "httptools", "--no-proxy-headers", "--no-server-header"]
+    args += ["--no-access-log", "--log-level", "warning"]
     proc = harness.spawn(name, args, env, logs, cwd=cwd)
     harness.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, proc.process)
     return proc
+
+
+def serve_api(name: str, env: dict[str, str], logs: Path, checkout: Path) -> tuple[harness.Proc, str]:
+    """The API as production runs it, `delineate api` (its own HTTP protocol class, connection
+    limit and uvicorn options), from `checkout`'s code, on a free port; (proc, URL) once it
+    answers."""
+    port = harness.free_port()
+    env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
+    proc = harness.spawn(name, [sys.executable, "-m", "service", "api"], env, logs, cwd=checkout)
+    url = f"http://127.0.0.1:{port}"
+    harness.wait_until(lambda: httpx.get(f"{url}/health/live").status_code == 200, 30, name, proc.process)
+    return proc, url
 
 
 def bare_json_rps(home: Path, seconds: int = 3) -> float | None:
