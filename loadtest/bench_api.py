@@ -15,8 +15,9 @@ first, round by round (2b): what durable acceptance costs initiate.
 
 Every server is one uvicorn process (uvloop, httptools, no proxy headers, no Server header) on
 a private Redis and SeaweedFS S3. The real API is `delineate api` itself (its HTTP protocol
-class and connection limit too), logging JSON, one access line per request, with a rate-limit budget and QUEUE_MAX_DEPTH too large to refuse anything and
-PER_CLIENT_MAX_ACTIVE_JOBS=0 (every request comes from one client). Replaces the former
+class and connection limit too), logging JSON, one access line per request, with a rate-limit
+budget and QUEUE_MAX_DEPTH too large to refuse anything and PER_CLIENT_MAX_ACTIVE_JOBS=0
+(every request comes from one client). Replaces the former
 observability/bench/status_throughput.py.
 Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compare within a run).
 

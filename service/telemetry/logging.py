@@ -174,7 +174,8 @@ def access_logger() -> Any:
         *traced,
         final,
     ]
-    return structlog.wrap_logger(output, processors=processors, wrapper_class=filtering)
+    # bound now: wrap_logger's lazy proxy would look the logger up again on every line
+    return structlog.wrap_logger(output, processors=processors, wrapper_class=filtering).bind()
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
