@@ -1,7 +1,9 @@
 """API benchmark (issue targets), one run, side by side, same uvicorn settings, printed with ratios.
 
+0. GET / with every middleware (request id, security headers, shared rate limit, metrics,
+   access log) vs a bare Starlette endpoint answering the same JSON.               target >= 0.4
 1. GET /v1/download/status/{id}, all middleware on (request id, headers, shared rate limit,
-   metrics, access log) vs a bare Starlette endpoint doing one async Redis GET.   target >= 0.6
+   metrics, access log) vs a bare Starlette endpoint doing one async Redis GET.   target >= 0.8
 2. POST /v1/download/initiate (validation, state writes, enqueue) vs a bare endpoint that only
    calls RQ's Queue.enqueue in the thread pool.                      target >= 1.0x, p99 <= 150 ms
 3. initiate -> completed for a zero-delay single-file job with an idle worker (the job's own
@@ -11,14 +13,25 @@ With --replica-ack, a replica of the private Redis is started too, and a second 
 for it to confirm each job (REDIS_MIN_REPLICAS_ACK=1, Redis WAIT) is measured against the
 first, round by round (2b): what durable acceptance costs initiate.
 
-Every server is one uvicorn process (uvloop, httptools) on a private Redis and SeaweedFS S3.
-The real API logs as `delineate api` does (JSON, one access line per request; app_from_env
-configures it), with a rate-limit budget and QUEUE_MAX_DEPTH too large to refuse anything and
-PER_CLIENT_MAX_ACTIVE_JOBS=0 (every request comes from one client). Replaces the former
+Every server is one uvicorn process (uvloop, httptools, no proxy headers, no Server header) on
+a private Redis and SeaweedFS S3. The real API is `delineate api` itself (its HTTP protocol
+class and connection limit too), logging JSON, one access line per request, with a rate-limit
+budget and QUEUE_MAX_DEPTH too large to refuse anything and PER_CLIENT_MAX_ACTIVE_JOBS=0
+(every request comes from one client). Replaces the former
 observability/bench/status_throughput.py.
 Load: wrk -t2 -c64 on the same 2-core machine (shared: figures are noisy, compare within a run).
 
     .venv/bin/python loadtest/bench_api.py [--seconds 5] [--rounds 3] [--replica-ack]
+        [--only root,status,initiate,latency] [--profile DIR] [--against DIR]
+
+With --against DIR (another version's checkout, e.g. `git archive main | tar -x -C DIR`), a
+third API runs that version's code on the same backends, and parts 0 and 1 measure it in the
+same rounds: each change's before and after, as ratios to the same floor.
+
+With --profile DIR, py-spy samples the real API (native frames off, idle threads off) during one
+extra wrk run of each of `GET /` and status, and writes DIR/root.txt and DIR/status.txt: the
+collapsed stacks, for `flamegraph.pl` or speedscope, and a summary of where the time went,
+printed too.
 """
 
 from __future__ import annotations
@@ -26,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,6 +51,7 @@ from pathlib import Path
 import httpx
 
 from backends import LOAD_SETTINGS
+from floor import serve, serve_api, wrk
 from service import harness
 from service.harness import Backends, Proc
 
@@ -55,6 +68,9 @@ BARE = textwrap.dedent(
     r = aioredis.Redis.from_url(os.environ["REDIS_URL"])
     q = Queue("bench", connection=redis.Redis.from_url(os.environ["REDIS_URL"]))
 
+    async def root(request):
+        return JSONResponse({"message": os.environ["BENCH_ROOT_MESSAGE"], "docs": "/docs"})
+
     async def get(request):
         return JSONResponse({"v": (await r.get("bench")).decode()})
 
@@ -63,7 +79,9 @@ BARE = textwrap.dedent(
         job = await run_in_threadpool(q.enqueue, "builtins.len", body["file_ids"])
         return JSONResponse({"jobId": job.id}, 202)
 
-    app = Starlette(routes=[Route("/get", get), Route("/enqueue", enqueue, methods=["POST"])])
+    app = Starlette(
+        routes=[Route("/", root), Route("/get", get), Route("/enqueue", enqueue, methods=["POST"])]
+    )
     """
 )
 POST_LUA = (
@@ -73,39 +91,44 @@ POST_LUA = (
 )
 
 
-def serve(name: str, app: str, env: dict[str, str], port: int, logs: Path, cwd: Path) -> Proc:
-    """uvicorn serving `app` (importable from `cwd`), ready once it answers."""
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-    ]
-    args += ["--no-access-log", "--log-level", "warning"]
-    proc = harness.spawn(name, args, env, logs, cwd=cwd)
-    harness.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/nope").status_code, 30, app, proc.process)
-    return proc
+PARTS = ("root", "status", "initiate", "latency")
 
 
-def wrk(url: str, seconds: int, script: Path | None = None) -> tuple[float, float]:
-    """requests/s and p99 latency (ms)."""
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
-    if script:
-        args[1:1] = ["-s", str(script)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
-    p99 = float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        print(f"    warning: {non2xx.group(1)} non-2xx answers from {url}")
-    return rps, p99
+def profile(pid: int, url: str, out: Path, seconds: int) -> None:
+    """py-spy samples process `pid` while wrk loads `url`; prints the share of samples per
+    frame of ours, middleware and library alike (a frame counts once per sample it is on)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "500",
+            "--duration",
+            str(seconds + 1),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rps, p99 = wrk(url, seconds)
+    spy.wait(timeout=seconds + 30)
+    totals: dict[str, int] = {}
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples += int(count)
+        for frame in set(stack.split(";")):
+            totals[frame] = totals.get(frame, 0) + int(count)
+    print(f"   profile of {url} under wrk ({rps:.0f} req/s, p99 {p99:.1f} ms): {samples} samples, {out}")
+    for frame, count in sorted(totals.items(), key=lambda item: -item[1])[:40]:
+        print(f"   {100 * count / samples:5.1f} %  {frame}")
 
 
 def side_by_side(
@@ -116,20 +139,29 @@ def side_by_side(
     script: Path | None,
     target: str,
     base: str = "bare",
+    before_url: str | None = None,
 ) -> float:
     """Bare and real in alternation, round after round: the machine's drift (a shared VM's
     throughput moved by 30 % within minutes here) hits both sides of each round alike. The
-    median of the per-round ratios is the figure."""
-    ratios = []
+    median of the per-round ratios is the figure. With `before_url` (the same route served by
+    the --against checkout) it is measured in the same rounds: before/after on one machine."""
+    ratios, before_ratios = [], []
     for round_no in range(1, args.rounds + 1):
         b_rps, b_p99 = wrk(bare_url, args.seconds, script)
         r_rps, r_p99 = wrk(real_url, args.seconds, script)
         ratios.append(r_rps / b_rps)
-        print(
+        line = (
             f"   round {round_no}: {base} {b_rps:6.0f} req/s p99 {b_p99:6.1f} ms | "
             f"{name} {r_rps:6.0f} req/s p99 {r_p99:6.1f} ms | ratio {ratios[-1]:.2f}"
         )
+        if before_url:
+            o_rps, o_p99 = wrk(before_url, args.seconds, script)
+            before_ratios.append(o_rps / b_rps)
+            line += f" | before {o_rps:6.0f} req/s p99 {o_p99:6.1f} ms | ratio {before_ratios[-1]:.2f}"
+        print(line)
     print(f"   {name}: median ratio {statistics.median(ratios):.2f} (target >= {target})")
+    if before_ratios:
+        print(f"   {name} before ({args.against}): median ratio {statistics.median(before_ratios):.2f}")
     return statistics.median(ratios)
 
 
@@ -143,7 +175,19 @@ def main() -> None:
     parser.add_argument(
         "--replica-ack", action="store_true", help="also initiate with a replica confirming each job (WAIT)"
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--against", type=Path, help="a checkout of another version, measured in the same rounds"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy the API under wrk; write stacks here")
     args = parser.parse_args()
+    args.only = {part for part in args.only.split(",") if part}
+    if unknown := args.only - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     with harness.private_backends("delineate-bench-", "delineate", settings=LOAD_SETTINGS) as backends:
@@ -167,37 +211,66 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
         import redis
 
         redis.Redis.from_url(backends.redis.url).set("bench", "x" * 200)
-        bare_port, real_port = harness.free_port(), harness.free_port()
+        bare_port = harness.free_port()
         logs, service = home / "logs", harness.PACKAGE_PARENT
-        procs.append(serve("bare", "bench_bare:app", env, bare_port, logs, home))
         real_env = {**env, "LOG_LEVEL": "info"}
-        procs.append(serve("api", "service.api.app:app_from_env", real_env, real_port, logs, service))
-        bare, real = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{real_port}"
+        api, real = serve_api("api", real_env, logs, service)
+        procs.append(api)
+        message = httpx.get(f"{real}/").json()["message"]  # the bare root answers the same JSON
+        bare_env = {**env, "BENCH_ROOT_MESSAGE": message}
+        procs.append(serve("bare", "bench_bare:app", bare_env, bare_port, logs, home))
+        bare = f"http://127.0.0.1:{bare_port}"
+        before = None
+        if args.against:
+            before_api, before = serve_api("before", real_env, logs, args.against.resolve())
+            procs.append(before_api)
         job = httpx.post(f"{real}/v1/download/initiate", json={"file_ids": [70000]}).json()["jobId"]
+        each = f"{args.rounds} rounds of {args.seconds} s each, wrk -t2 -c64"
 
-        print(
-            f"1. status route vs bare Starlette + one async Redis GET ({args.rounds} rounds of "
-            f"{args.seconds} s each, wrk -t2 -c64)"
-        )
-        side_by_side(f"{bare}/get", f"{real}/v1/download/status/{job}", "status", args, None, "0.60")
-        print("2. initiate vs bare Queue.enqueue in the thread pool")
-        side_by_side(
-            f"{bare}/enqueue", f"{real}/v1/download/initiate", "initiate", args, lua, "1.00, p99 <= 150 ms"
-        )
+        if args.profile:
+            api = procs[0].process.pid
+            profile(api, f"{real}/", args.profile / "root.txt", args.seconds)
+            profile(api, f"{real}/v1/download/status/{job}", args.profile / "status.txt", args.seconds)
+        if "root" in args.only:
+            print(f"0. GET / vs bare Starlette answering the same JSON ({each})")
+            side_by_side(
+                f"{bare}/", f"{real}/", "root", args, None, "0.40", before_url=before and f"{before}/"
+            )
+        if "status" in args.only:
+            print(f"1. status route vs bare Starlette + one async Redis GET ({each})")
+            status = f"/v1/download/status/{job}"
+            side_by_side(
+                f"{bare}/get",
+                real + status,
+                "status",
+                args,
+                None,
+                "0.80",
+                before_url=before and before + status,
+            )
+        if "initiate" in args.only:
+            print("2. initiate vs bare Queue.enqueue in the thread pool")
+            side_by_side(
+                f"{bare}/enqueue",
+                f"{real}/v1/download/initiate",
+                "initiate",
+                args,
+                lua,
+                "1.00, p99 <= 150 ms",
+            )
         if args.replica_ack:
             replica = harness.start_redis(
                 home / "replica", binary=shutil.which("redis-server"), replica_of=backends.redis
             )
             procs.append(replica)
             harness.wait_until(lambda: harness.replica_synced(replica), 10, "replica synced")
-            acked_port = harness.free_port()
             acked_env = {**real_env, "REDIS_MIN_REPLICAS_ACK": "1"}
-            app = "service.api.app:app_from_env"
-            procs.append(serve("api-acked", app, acked_env, acked_port, logs, service))
+            acked_api, acked = serve_api("api-acked", acked_env, logs, service)
+            procs.append(acked_api)
             print("2b. initiate with REDIS_MIN_REPLICAS_ACK=1 (a replica confirms each job) vs without")
             side_by_side(
                 f"{real}/v1/download/initiate",
-                f"http://127.0.0.1:{acked_port}/v1/download/initiate",
+                f"{acked}/v1/download/initiate",
                 "initiate+WAIT",
                 args,
                 lua,
@@ -205,6 +278,8 @@ def bench(args: argparse.Namespace, backends: Backends) -> None:
                 base="initiate",
             )
 
+        if "latency" not in args.only:
+            return
         print(
             f"3. initiate -> completed, zero delay, one file, idle worker ({args.jobs} jobs, one at a time)"
         )

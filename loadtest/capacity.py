@@ -8,12 +8,22 @@ delineate_worker_downloads_running, and RQ's StartedJobRegistry as a cross-check
 threads, CPU time and run-queue wait of every process tree, the machine's busy CPU, Redis
 clients and ops/s, the load average; every 5 s the API's latency histogram.
 At the end it prints the figures against the aims (1,000 in flight, API + workers < 8 GB,
-API p99 < 100 ms, no request a proxy would cut): Locust's whole-run latency per route, the
-server-side latency while >= 95 % of the peak ran, how evenly the polls arrive per second
-(from the API's access log), and where the CPU went. Files: --out (samples.csv, capacity.json,
-Locust's report.md/html, logs/).
+every API route's p99 < 100 ms server side over the whole run, both bursts included, and
+< 250 ms client side, no request a proxy would cut): Locust's whole-run latency per route, the
+server-side latency over the whole run and while >= 95 % of the peak ran, how evenly the polls
+arrive per second (from the API's access log), and where the CPU went. Files: --out
+(samples.csv, capacity.json, Locust's report.md/html, logs/).
 
-The load generator runs on the same 2 cores as the stack: its CPU is shown, not hidden.
+The machine's floor is printed beside the figures: a bare Starlette JSON endpoint's req/s
+(loadtest/floor.py, wrk -t2 -c64) measured in the same run, before the load and after it, so
+runs on different machines can be compared.
+
+The load generator runs on the same 2 cores as the stack. It is kept off the service's share
+by niceness (--locust-nice, default 10: under contention the scheduler gives each nice-0
+process of the stack about nine times Locust's share), and accounted for: its CPU and its
+run-queue wait are printed beside the stack's. Its client-side figures still include its own
+delays (a starved generator reads a late answer as a slow one); the server-side histogram does
+not.
 
     .venv/bin/python loadtest/capacity.py --workers 2 --concurrency 512 --users 1000
     .venv/bin/python loadtest/capacity.py --users 100 --delay-min-ms 5000 --delay-max-ms 5000  # debug
@@ -40,6 +50,7 @@ from pathlib import Path
 import httpx
 import redis
 
+import floor
 import proxylimit
 from backends import LOAD_SETTINGS
 from procstat import Usage, busy_cores, children_of, load_1m, usage
@@ -52,7 +63,9 @@ ROOT = HERE.parent
 BUCKET = "delineate"
 AIM_IN_FLIGHT = 1_000
 AIM_RSS_BYTES = 8 * 1024**3
-AIM_P99_MS = 100.0
+AIM_P99_MS = 100.0  # server side, every API route, the whole run
+AIM_CLIENT_P99_MS = 250.0  # client side (Locust), every API route, the whole run
+UNTIMED_ROUTES = ("/metrics", "/v1/download/stream/{job_id}")  # the sampler's scrape; a stream's lifetime
 PROFILES = ("nginx", "alb", "cloudflare")
 HISTOGRAM_LINE = re.compile(r"^delineate_http_request_duration_seconds_bucket\{(.*)\}\s+([0-9.e+]+)$", re.M)
 Histograms = dict[str, dict[float, float]]
@@ -222,12 +235,13 @@ def run_locust(url: str, out: Path, args: argparse.Namespace) -> Proc:
         print(f"warning: run time {run_s} s >= the shortest download: some users start a second job")
     stop_s = math.ceil(args.delay_max_ms / 1000 * 2 + 60)
     command = [
+        "nice", "-n", str(args.locust_nice),
         sys.executable, "-m", "locust", "-f", str(locustfile(out, args.poll_jitter_s)),
         "--headless", "--only-summary", "-H", url,
         "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
         "-t", f"{run_s}s", "--stop-timeout", str(stop_s),
         "--weights", "poll=1", "--slow-files", str(args.slow_files), "--delay-profile", "none",
-        "--proxy-profile", args.proxy_profile, "--p99-ms", str(AIM_P99_MS),
+        "--proxy-profile", args.proxy_profile, "--p99-ms", str(AIM_CLIENT_P99_MS),
         "--follow-limit-s", str(stop_s),
         "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--report-dir", str(out),
     ]  # fmt: skip
@@ -347,8 +361,20 @@ def cores(samples: list[Sample], names: list[str]) -> float:
     return rate(samples, lambda s: sum(s.usage[n].cpu_s for n in names))
 
 
+def whole_run(final: Histograms) -> dict[str, tuple[int, float, float]]:
+    """Per API route over the API's whole life (its histogram since start): both bursts too."""
+    window = histogram_window({}, final)
+    return {route: v for route, v in window.items() if route.split(" ", 1)[1] not in UNTIMED_ROUTES}
+
+
 def report(
-    args: argparse.Namespace, sampler: Sampler, out: Path, conn: redis.Redis, load_at_start: float
+    args: argparse.Namespace,
+    sampler: Sampler,
+    out: Path,
+    conn: redis.Redis,
+    load_at_start: float,
+    final: Histograms,
+    floors: tuple[float | None, float | None],
 ) -> dict[str, object]:
     samples = sampler.samples
     requests, figures = read_report(out / "report.md")
@@ -377,6 +403,12 @@ def report(
     print(f"downloads {delays}, {args.slow_files} files each; polling every {args.poll_interval_s} s{jitter}")
     print(f"1-min load average at start {load_at_start:.2f}, max during the run ", end="")
     print(f"{max((s.load for s in samples), default=0):.2f}")
+    floor_text = " / ".join(f"{rps:,.0f}" if rps else "-" for rps in floors)
+    print(
+        f"machine floor (bare Starlette JSON, one uvicorn, wrk -t2 -c64), before / after the run: "
+        f"{floor_text} req/s"
+    )
+    print(f"Locust ran at nice {args.locust_nice} (its CPU and run-queue wait are listed below)")
     print(f"peak downloads running: {peak_running} (workers' gauge), {peak_registry} (RQ StartedJobRegistry)")
     print(f"  >= 95% of that peak for {steady_s:.0f} s (the steady window below)")
     print(f"jobs: {started} started by clients, {completed} seen completed; Redis job states {states}")
@@ -385,12 +417,16 @@ def report(
         limit = proxylimit.load(name)
         ok = longest_s < limit.timeout_s
         print(f"  longest API request {longest_s:.2f} s vs {name} {limit.timeout_s:g} s: {verdict(ok)}")
-    print("API latency, client side, whole run (Locust, whose CPU shares the 2 cores):")
+    print("API latency, client side, whole run (Locust, at lower priority on the same cores):")
     for r in api:
         print(
             f"  {r['type']:4} {r['name']:28} n={r['requests']:>6} fail={r['failures']:>4} "
             f"p50={r['p50']:>5} ms p99={r['p99']:>5} ms max={r['max']:>5} ms"
         )
+    every = whole_run(final)
+    print("API latency, server side, whole run including both bursts (the API's histogram):")
+    for route, (n, share, bound) in sorted(every.items()):
+        print(f"  {route:40} n={n:>6} within {AIM_P99_MS:g} ms {share:7.2%}  p99 <= {bound:g} s")
     window = {}
     if steady and sampler.histograms:
         before = max((h for h in sampler.histograms if h[0] <= steady[0].t_s), default=sampler.histograms[0])
@@ -443,6 +479,8 @@ def report(
 
     status = window.get("GET /v1/download/status/{job_id}")
     worst_name = f"{worst['type']} {worst['name']}" if worst else "-"
+    worst_server = min(every.items(), key=lambda item: item[1][1], default=None)
+    server_name = worst_server[0] if worst_server else "-"
     checks = {
         f"{args.users} downloads in flight at once": (
             str(peak_running),
@@ -452,9 +490,13 @@ def report(
         "proxy-timeout failures": (str(proxy_failures), proxy_failures == 0),
         "longest API request < 60 s (nginx, ALB)": (f"{longest_s:.2f} s", longest_s < 60),
         "API + workers RSS < 8 GB": (f"{peak_rss / 2**30:.2f} GB", 0 < peak_rss < AIM_RSS_BYTES),
-        f"API p99 < {AIM_P99_MS:g} ms, whole run (Locust, {worst_name})": (
+        f"every route p99 < {AIM_P99_MS:g} ms, whole run (server, {server_name})": (
+            f"{worst_server[1][1]:.2%} in" if worst_server else "-",
+            bool(worst_server and worst_server[1][1] >= 0.99),
+        ),
+        f"every route p99 < {AIM_CLIENT_P99_MS:g} ms, whole run (Locust, {worst_name})": (
             f"{worst_p99:.0f} ms",
-            worst_p99 < AIM_P99_MS,
+            worst_p99 < AIM_CLIENT_P99_MS,
         ),
         f"status p99 < {AIM_P99_MS:g} ms, steady window (server)": (
             f"{status[1]:.2%} in" if status else "-",
@@ -463,7 +505,7 @@ def report(
     }
     print("\naims:")
     for name, (figure, ok) in checks.items():
-        print(f"  {name:62} {figure:>10}  {verdict(ok)}")
+        print(f"  {name:74} {figure:>10}  {verdict(ok)}")
     if args.users < AIM_IN_FLIGHT or args.delay_min_ms < 60_000:
         print(f"  (not the issue's figure: it asks {AIM_IN_FLIGHT} users and downloads of 60 s or more)")
     overall = all(ok for _, ok in checks.values())
@@ -486,6 +528,9 @@ def report(
         "peak_rss_mb": round(peak_rss / 2**20),
         "client_p99_ms": {f"{r['type']} {r['name']}": float(r["p99"]) for r in api},
         "server_steady": {k: {"n": v[0], "within_aim": v[1], "p99_le_s": v[2]} for k, v in window.items()},
+        "server_whole_run": {k: {"n": v[0], "within_aim": v[1], "p99_le_s": v[2]} for k, v in every.items()},
+        "floor_rps": {"before": floors[0], "after": floors[1]},
+        "locust_nice": args.locust_nice,
         "cores_steady": {n: round(cores(steady, [n]), 3) for n in sampler.groups},
         "load_at_start": load_at_start,
         "checks": {k: {"figure": f, "pass": ok} for k, (f, ok) in checks.items()},
@@ -514,6 +559,10 @@ def main() -> int:
     parser.add_argument(
         "--poll-jitter-s", type=float, default=0.0, help="experiment: clients sleep Retry-After +- this"
     )
+    parser.add_argument(
+        "--locust-nice", type=int, default=10, help="Locust's niceness (off the stack's CPU share)"
+    )
+    parser.add_argument("--floor-seconds", type=int, default=3, help="wrk time of each floor measurement")
     parser.add_argument("--api-workers", type=int, default=1, help="API_WORKERS (uvicorn processes)")
     parser.add_argument("--log-level", default="info", help="LOG_LEVEL of API and workers")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "capacity")
@@ -545,6 +594,8 @@ def run(args: argparse.Namespace, backends: Backends) -> int:
         metrics_urls = start_workers(stack, args.workers)
         print(f"stack up: API {url}, {args.workers} worker(s) x {args.concurrency}; logs in {out / 'logs'}")
         load = wait_for_quiet_machine(args.wait_load_below, args.wait_load_max_s)
+        floor_before = floor.bare_json_rps(out / "floor", args.floor_seconds)
+        print(f"machine floor before the run: {floor_before or 0:,.0f} req/s (bare Starlette JSON)")
         print(f"starting at 1-min load {load:.2f}", flush=True)
         groups = {"api": api.process.pid}
         groups.update({w.name: w.process.pid for w in stack.workers})
@@ -566,9 +617,12 @@ def run(args: argparse.Namespace, backends: Backends) -> int:
                 )
         time.sleep(2)  # one more sample after the last job
         sampler.stop()
+        with httpx.Client(timeout=10) as http:
+            final = api_histograms(http, url)
+        floor_after = floor.bare_json_rps(out / "floor", args.floor_seconds)
         sampler.write_csv(out / "samples.csv")
         print(f"Locust exited with {locust.process.returncode} (its thresholds: p99 of every route)")
-        summary = report(args, sampler, out, conn, load)
+        summary = report(args, sampler, out, conn, load, final, (floor_before, floor_after))
         return 0 if summary["pass"] else 1
     finally:
         conn.close()

@@ -59,3 +59,40 @@ def test_redis_memory_counts_every_job_s_keys_and_small_streams_stay_small():
     assert keys == jobs, out
     # Redis 7 preallocates a stream node of stream-node-max-bytes (default 4096) per small stream
     assert per_job < 4096, f"the embedded Redis runs without stream-node-max-bytes 1024: {out}"
+
+
+ROUND = re.compile(
+    r"round 1: bare +(\d+) req/s p99 +[\d.]+ ms \| root +(\d+) req/s p99 +[\d.]+ ms \| ratio ([\d.]+)"
+)
+
+
+@pytest.mark.slow
+def test_api_bench_sets_the_root_route_beside_the_bare_starlette_floor():
+    """One short round of `GET /` against the bare JSON endpoint: both answered, ratio consistent."""
+    require_binary("redis-server")
+    require_binary("wrk")
+    out = run("loadtest/bench_api.py", "--only", "root", "--rounds", "1", "--seconds", "1")
+    found = ROUND.search(out)
+    assert found, out
+    bare, root, ratio = int(found[1]), int(found[2]), float(found[3])
+    assert bare > 0 and root > 0, out
+    assert ratio == pytest.approx(root / bare, abs=0.01), out
+    assert "warning" not in out, out  # every answer a 2xx
+    assert re.search(r"root: median ratio [\d.]+ \(target >= 0.40\)", out), out
+
+
+PIECE = re.compile(r"without (the [\w' ]+?) +([\d.]+) us: it costs +(-?[\d.]+) us")
+WHOLE = re.compile(r"^  (GET /|status) +([\d.]+) us, every layer$", re.M)
+
+
+@pytest.mark.slow
+def test_request_path_takes_each_piece_out_of_both_routes():
+    require_binary("redis-server")
+    out = run("loadtest/request_path.py", "--requests", "128")
+    wholes = {m[1]: float(m[2]) for m in WHOLE.finditer(out)}
+    assert set(wholes) == {"GET /", "status"}, out
+    pieces = PIECE.findall(out)
+    assert len(pieces) == 6, out  # three pieces, each taken out of both routes
+    for route, (start, end) in zip(wholes, ((0, 3), (3, 6)), strict=True):
+        for _, rest, cost in pieces[start:end]:
+            assert float(cost) == pytest.approx(wholes[route] - float(rest), abs=0.15), out

@@ -59,3 +59,58 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
     events = [line["event"] for line in worker_lines]
     assert events[0] == "job_started" and events[-1] == "job_stopped", events
     assert all(line["trace_id"] == done["traceId"] and len(line["span_id"]) == 16 for line in worker_lines)
+
+
+def test_access_lines_of_one_event_loop_turn_leave_in_one_write(monkeypatch):
+    """The API's per-request cost: one write(2) per turn, not per access line; every line
+    arrives, whole and in order, and a line logged off the loop is written at once."""
+    import asyncio
+    import io
+    import logging
+    import sys
+
+    import structlog
+
+    from service.telemetry import logging as telemetry_logging
+
+    NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore")
+
+    class Counting(io.RawIOBase):
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            self.writes.append(bytes(data))
+            return len(data)
+
+    raw = Counting()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), write_through=True))
+    # configure() sets process-wide state: put this test process's back afterwards
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", *NOISY):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(telemetry_logging, "_access", None)
+    try:
+        telemetry_logging.configure("info", "json")
+        access = telemetry_logging.access_logger()
+
+        async def burst() -> int:
+            for n in range(20):
+                access.info("request", route="/", status=200, n=n)
+            written = len(raw.writes)
+            await asyncio.sleep(0)  # the end of the turn
+            return written
+
+        assert asyncio.run(burst()) == 0
+        assert len(raw.writes) == 1
+        access.info("request", route="/", status=200, n=20)  # no loop here
+        assert len(raw.writes) == 2
+        lines = json_lines(b"".join(raw.writes).decode())
+        assert [line["n"] for line in lines] == list(range(21))
+    finally:
+        structlog.reset_defaults()

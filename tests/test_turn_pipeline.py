@@ -90,3 +90,32 @@ def test_a_command_sent_without_a_reply_runs_in_order_with_the_others(redis_fact
 
     assert asyncio.run(main()) == 1
     assert 0 < redis.Redis.from_url(server.url).pttl("hits") <= 60_000
+
+
+def test_one_key_s_increments_in_a_turn_are_one_incrby_and_each_caller_gets_its_own_count(redis_factory):
+    """The rate limiter's hits from one client in one turn: each request still sees the count
+    its own INCR would have returned (so exactly `limit` of them are allowed), for one command."""
+    server = redis_factory()
+    sync = redis.Redis.from_url(server.url)
+    sync.set("hits", 10)
+
+    async def main() -> list[object]:
+        client = async_client(server.url)
+        batched = TurnPipeline(client)
+        calls = []
+        for _ in range(5):
+            calls.append(batched.submit("INCR", "hits"))
+            batched.send("PEXPIRE", "hits", 60_000)
+            calls.append(batched.submit("INCR", "other"))
+        replies = await asyncio.gather(*calls)
+        await client.aclose()
+        return replies
+
+    replies = asyncio.run(main())
+    assert replies[0::2] == [11, 12, 13, 14, 15]
+    assert replies[1::2] == [1, 2, 3, 4, 5]
+    assert sync.get("hits") == b"15"
+    stats = sync.info("commandstats")
+    assert stats["cmdstat_incrby"]["calls"] == 2 and "cmdstat_incr" not in stats
+    assert stats["cmdstat_pexpire"]["calls"] == 1
+    assert 0 < sync.pttl("hits") <= 60_000

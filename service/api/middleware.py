@@ -97,7 +97,7 @@ class EdgeMiddleware:
         started = time.perf_counter()
         if self.trusted and (chosen := client_address(scope, self.trusted)):
             scope["client"] = (chosen, 0)
-        request_id = Headers(scope=scope).get("x-request-id", "")
+        request_id = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"x-request-id"), "")
         if not REQUEST_ID.match(request_id):
             request_id = str(uuid.uuid4())
         state = scope.setdefault("state", {})
@@ -115,9 +115,13 @@ class EdgeMiddleware:
                 new = [(b"x-request-id", request_id.encode()), *state.get(EXTRA_HEADERS, ())]
                 if trace_id:
                     new.append((b"x-trace-id", trace_id.encode()))
-                replaced = {name for name, _ in new}
-                headers = [item for item in message.get("headers", ()) if item[0] not in replaced] + new
+                headers = list(message.get("headers", ()))
                 present = {name for name, _ in headers}
+                if not present.isdisjoint(name for name, _ in new):  # ours win over a route's
+                    replaced = {name for name, _ in new}
+                    headers = [item for item in headers if item[0] not in replaced]
+                present.update(name for name, _ in new)
+                headers += new
                 headers += [item for item in DEFAULT_HEADERS if item[0] not in present]
                 message["headers"] = headers
             await send(message)

@@ -11,17 +11,19 @@ holding an id finds its lines by its digest: `service.telemetry.logging.job_ref(
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
 from service.telemetry.tracing import add_trace_ids
+from service.telemetry.tracing import enabled as tracing_enabled
 
 REDACTED = "[redacted]"
 SENSITIVE = ("secret", "password", "token", "signature", "authorization", "x-amz-")
@@ -63,6 +65,36 @@ def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, 
     return event
 
 
+class TurnFlushed:
+    """A binary stream whose flushes on an event loop wait for the end of the turn.
+
+    structlog's BytesLogger writes and flushes each line: a write(2) per access line, on every
+    request's path. Lines written during one event-loop turn (under load, dozens of requests end
+    in one) now leave in one write once the turn's ready callbacks have run, in the order they
+    were written: the stream's own buffer keeps them, and it also carries the stdlib handler's
+    lines, which flush it at once. Off the loop (a worker, a thread) a flush is immediate.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.write = stream.write
+        self._scheduled = False
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.stream.flush()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._scheduled = False
+        self.stream.flush()
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     """JSON lines are serialized by orjson and written as bytes: the API writes one access line
     per request, so the cost of a line is on every request's path."""
@@ -84,7 +116,11 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         else structlog.processors.JSONRenderer(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
     )
     filtering = structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
-    output = structlog.PrintLogger(sys.stderr) if console else structlog.BytesLogger(sys.stderr.buffer)
+    output = (
+        structlog.PrintLogger(sys.stderr)
+        if console
+        else structlog.BytesLogger(TurnFlushed(sys.stderr.buffer))
+    )
     structlog.configure(
         # Redaction after the traceback is rendered, so an exception's text is redacted too.
         processors=[*shared, structlog.processors.format_exc_info, _redact, final],
@@ -93,16 +129,10 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     global _access
-    _access = structlog.wrap_logger(
-        output,
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            add_trace_ids,
-            final,
-        ],
-        wrapper_class=filtering,
-    )
+    # What access_logger() wraps: the access line's chain is chosen when the API is built, once
+    # tracing is known (its trace ids processor costs a context lookup per request for nothing
+    # while tracing is off).
+    _access = (output, final, filtering)
     # Libraries (uvicorn, rq, botocore) log through stdlib logging: same renderer, same fields.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -127,14 +157,25 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
-_access: Any = None
+_access: tuple[Any, Any, Any] | None = None
 
 
 def access_logger() -> Any:
     """The logger for the API's one line per request: the short chain (no context merge, no
-    redaction: its fields are fixed, never secret, and the request id is passed explicitly).
-    The general logger until `configure` ran."""
-    return _access if _access is not None else get_logger("service.api")
+    redaction: its fields are fixed, never secret, and the request id is passed explicitly),
+    with trace ids only while tracing is on. The general logger until `configure` ran."""
+    if _access is None:
+        return get_logger("service.api")
+    output, final, filtering = _access
+    traced = [add_trace_ids] if tracing_enabled() else []
+    processors = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *traced,
+        final,
+    ]
+    # bound now: wrap_logger's lazy proxy would look the logger up again on every line
+    return structlog.wrap_logger(output, processors=processors, wrapper_class=filtering).bind()
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,0 +1,159 @@
+"""Where a request's CPU goes, layer by layer: the API's ASGI stack called in process, A/B.
+
+`GET /` and the status route are called through the real application (create_app, its
+middleware, a private Redis for the rate limiter and the job read, prometheus-client in
+multiprocess mode, JSON access lines to a file), 64 at a time on one event loop, with no
+network and no uvicorn: the CPU time per request (time.process_time) of the whole stack, then
+with one piece taken out at a time (the access line, the request metrics, the rate limiter's
+Redis hit), beside a bare Starlette app answering the same JSON. The difference is what that
+piece costs a request. Best of three passes each, so another tenant's burst costs less.
+bench_api.py measures the same routes over real sockets; this says where their time goes.
+
+    .venv/bin/python loadtest/request_path.py [--requests 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from backends import LOAD_SETTINGS
+from service import harness
+from service.api import middleware
+from service.api.ratelimit import Decision
+from service.telemetry import metrics
+
+CONCURRENCY = 64
+
+
+def scope_for(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def cpu_per_request(app: Any, path: str, requests: int) -> float:
+    """µs of this process's CPU per request, best of three passes (after a warm-up pass)."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"{path} answered {message['status']}")
+
+    async def client() -> None:
+        for _ in range(requests // CONCURRENCY):
+            await app(scope_for(path), receive, send)
+
+    done = requests // CONCURRENCY * CONCURRENCY
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    passes = []
+    for _ in range(3):
+        started = time.process_time()
+        await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+        passes.append((time.process_time() - started) / done * 1e6)
+    return min(passes)
+
+
+@contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+class Silent:
+    def info(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+async def always_allowed(client: str) -> Decision:
+    return Decision(True, 100, 99, 60)
+
+
+def layers(app: Starlette) -> list[Any]:
+    found, layer = [], app.middleware_stack
+    while layer is not None:
+        found.append(layer)
+        layer = getattr(layer, "app", None)
+    return found
+
+
+async def measure(backends: harness.Backends, requests: int) -> None:
+    from service.api.app import create_app
+    from service.settings import load_settings
+    from service.telemetry.logging import configure
+
+    (backends.home / "prom").mkdir()
+    os.environ.update(backends.env(LOG_LEVEL="info", PROMETHEUS_MULTIPROC_DIR=str(backends.home / "prom")))
+    log = (backends.home / "api.log").open("wb")
+    os.dup2(log.fileno(), 2)  # the access lines go to a file, as under a container runtime
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    message = {"message": "Delineate download service", "docs": "/docs"}
+
+    async def bare_root(request: Any) -> JSONResponse:
+        return JSONResponse(message)
+
+    bare = Starlette(routes=[Route("/", bare_root)])
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
+            job = (await http.post("/v1/download/initiate", json={"file_ids": [70000]})).json()["jobId"]
+        paths = {"GET /": "/", "status": f"/v1/download/status/{job}"}
+        stack = layers(app)
+        edge = next(layer for layer in stack if isinstance(layer, middleware.EdgeMiddleware))
+        limit = next(layer for layer in stack if isinstance(layer, middleware.RateLimitMiddleware))
+        without: dict[str, Callable[[], Any]] = {
+            "the access line": lambda: replaced(edge, "access", Silent()),
+            "the request metrics": lambda: replaced(metrics, "observe_request", lambda *args: None),
+            "the rate limiter's Redis hit": lambda: replaced(limit.limiter, "hit", always_allowed),
+        }
+        print(f"CPU per request in process, {CONCURRENCY} at a time, best of 3 passes of {requests}")
+        print(f"  bare Starlette JSON              {await cpu_per_request(bare, '/', requests):6.1f} us")
+        for name, path in paths.items():
+            whole = await cpu_per_request(app, path, requests)
+            print(f"  {name:32} {whole:6.1f} us, every layer")
+            for piece, taken_out in without.items():
+                with taken_out():
+                    rest = await cpu_per_request(app, path, requests)
+                print(f"    {'without ' + piece:30} {rest:6.1f} us: it costs {whole - rest:5.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=3000, help="per pass")
+    args = parser.parse_args()
+    with harness.private_backends("delineate-request-path-", "delineate", settings=LOAD_SETTINGS) as backends:
+        asyncio.run(measure(backends, args.requests))
+
+
+if __name__ == "__main__":
+    main()
