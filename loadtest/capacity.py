@@ -184,6 +184,7 @@ def stack_env(backends: Backends, args: argparse.Namespace) -> dict[str, str]:
         LOG_LEVEL=args.log_level,
         API_WORKERS=str(args.api_workers),
         DEDUPE_WINDOW_S="0",  # 1,000 users pick from 252 five-file sets: no merging
+        WORKER_NICE=str(args.worker_nice),
     )
 
 
@@ -561,6 +562,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--locust-nice", type=int, default=10, help="Locust's niceness (off the stack's CPU share)"
+    )
+    parser.add_argument(
+        "--worker-nice", type=int, default=10, help="WORKER_NICE: the workers yield the CPU to the API"
     )
     parser.add_argument("--floor-seconds", type=int, default=3, help="wrk time of each floor measurement")
     parser.add_argument("--api-workers", type=int, default=1, help="API_WORKERS (uvicorn processes)")

@@ -33,6 +33,7 @@ DEV_DEFAULTS = {
     "DOWNLOAD_DELAY_MIN_MS": "5000",
     "DOWNLOAD_DELAY_MAX_MS": "15000",
     "WORKER_DRAIN_S": "20",
+    "WORKER_NICE": "10",  # API and worker share this machine: answers before bursts
     "HOST": "127.0.0.1",
 }
 # The demo's callbacks go to receivers on this machine: loopback, and nothing else private
@@ -170,6 +171,10 @@ def package_version() -> str:
 def run_worker(settings: Settings, *, burst: bool = False, queues: list[str] | None = None) -> None:
     # One process: in-memory metrics. Never write into the API's multiprocess directory.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # Profiles of `make capacity`'s bursts: the API spent its time waiting for a CPU the workers
+    # held (docs/benchmarks.md). Niceness orders processes within one cgroup; between containers
+    # it is the cgroup's CPU weight (compose cpu_shares, Kubernetes requests) that does this.
+    os.nice(settings.worker_nice)
     from rq.worker import DequeueStrategy
 
     from service import runtime

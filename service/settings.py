@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     worker_maintenance_s: int = Field(30, ge=1)
     # SIGTERM: running downloads may finish for this long, then are handed back to their queue
     worker_drain_s: int = Field(180, ge=0)
+    # Added to the worker process's niceness at start: on a box shared with the API, a burst of
+    # job starts or endings takes CPU from the API's answers, not the other way round.
+    worker_nice: int = Field(0, ge=0, le=19)
     job_timeout_s: int = Field(900, ge=1)
     job_max_retries: int = Field(3, ge=0, le=20)
     job_retry_base_s: float = Field(2.0, ge=0)

@@ -219,3 +219,25 @@ def test_the_api_removes_its_metrics_directory_and_a_dead_one_s_leftover(tmp_pat
     assert not leftover.exists() and live_owner.exists()
     assert api.stop(exit_codes=(0,)) == 0
     assert not mine[0].exists()
+
+
+def _niceness(pid: int) -> set[int]:
+    """The nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        found.add(int(stat.rsplit(")", 1)[1].split()[16]))
+    return found
+
+
+def test_worker_nice_lowers_the_priority_of_every_worker_thread(make_stack):
+    """WORKER_NICE: a burst of downloads yields the CPU to the API on a shared box. Linux
+    niceness is per thread, so the download threads (started after start-up) must carry it too."""
+    stack = make_stack(WORKER_NICE="7")
+    with stack.client() as client:
+        assert wait_for(client, initiate(client, [70000]))["status"] == "completed"
+    assert _niceness(stack.workers[0].process.pid) == {7}
+    assert _niceness(stack.api.process.pid) == {0}
