@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -666,3 +667,111 @@ def test_docs_say_the_manifests_are_validated_not_run_on_a_cluster():
     assert "not yet been exercised on a live cluster" in text
     for step in ("KEDA", "Prometheus Operator", "ingress-nginx", "AWS Load Balancer Controller"):
         assert step in text
+
+
+# ---- the redis-sentinel component ----------------------------------------------------------
+
+
+SENTINEL_COMPONENT = KUBERNETES / "components/redis-sentinel"
+SENTINEL_SECRETS = {"REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def sentinel_overlay(request, tmp_path_factory) -> tuple[str, list[dict[str, Any]]]:
+    """Each overlay with the component opted in (a kustomization of one's own on top of it, as
+    docs/kubernetes.md tells), rendered by the real `kubectl kustomize`."""
+    overlay = request.param
+    root = tmp_path_factory.mktemp("sentinel-overlay")
+    relative = Path(os.path.relpath(KUBERNETES, root))
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative / "overlays" / overlay)],
+                "components": [str(relative / "components/redis-sentinel")],
+            }
+        )
+    )
+    result = subprocess.run(
+        [require_binary("kubectl"), "kustomize", str(root)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return overlay, [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_sentinel_component_is_a_kustomize_component():
+    component = yaml.safe_load((SENTINEL_COMPONENT / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_sentinel_overlay_is_valid_strictly(sentinel_overlay, version):
+    _, docs = sentinel_overlay
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in crd_validators():
+            assert not crd_errors(doc), f"{where}: {crd_errors(doc)}"
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_the_sentinel_pods_get_settings_that_follow_sentinel(sentinel_overlay, monkeypatch):
+    """No REDIS_URL; the sentinels from config, the passwords from the Secret only; the env
+    validates and configures Sentinel with one replica acknowledging each new job."""
+    _, docs = sentinel_overlay
+    fields = {name.upper() for name in Settings.model_fields}
+    config = config_map(docs, "delineate-config")["data"]
+    assert not set(config) & (SECRET_SETTINGS | SENTINEL_SECRETS | {"REDIS_ADDRESS"})
+    assert not every(docs, "Secret")
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for deployment in (api_of(docs), worker_of(docs)):
+        env = container_env(docs, deployment)
+        assert set(env) <= fields, f"unknown variables: {sorted(set(env) - fields)}"
+        assert "REDIS_URL" not in env
+        refs = secret_refs(deployment)
+        assert set(refs) == (SECRET_SETTINGS - {"REDIS_URL"}) | SENTINEL_SECRETS
+        for name, ref in refs.items():
+            assert ref["name"] == SECRET and ref["key"] == name and ref.get("optional") is True
+        values = {k.lower(): v for k, v in env.items() if v is not None}
+        settings = load_settings(**values)
+        assert settings.redis_url is None and len(settings.sentinel_addresses) == 3
+        assert settings.redis_sentinel_master == config["REDIS_SENTINEL_MASTER"]
+        assert settings.replicas_ack == 1
+
+
+def test_keda_follows_sentinel_on_the_same_queue_lists(sentinel_overlay):
+    overlay, docs = sentinel_overlay
+    worker = worker_of(docs)
+    env = container_env(docs, worker)
+    scaled = one(docs, "ScaledObject", kubernetes.WORKER)
+    triggers = scaled["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"redis-sentinel"}
+    assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(
+        keys.rq_queue(q) for q in keys.QUEUES
+    )
+    for trigger in triggers:
+        metadata = trigger["metadata"]
+        assert metadata["listLength"] == env["WORKER_CONCURRENCY"]
+        # KEDA resolves *FromEnv in the scale target's containers: the app's own values.
+        assert env[metadata["sentinelMasterFromEnv"]] == env["REDIS_SENTINEL_MASTER"]
+        assert env[metadata["addressesFromEnv"]] == env["REDIS_SENTINELS"]
+        auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        params = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+        assert params == {
+            "password": (SECRET, "REDIS_PASSWORD"),
+            "sentinelPassword": (SECRET, "REDIS_SENTINEL_PASSWORD"),
+        }
+    plain = one(objects(overlay), "ScaledObject", kubernetes.WORKER)["spec"]
+    assert {**scaled["spec"], "triggers": None} == {**plain, "triggers": None}, "only the triggers change"
+    assert kubernetes.pods_from_manifests(docs) == load_profile(overlay, PROFILES).kubernetes.pods()
+
+
+def test_docs_tell_how_to_run_with_sentinel():
+    text = (ROOT / "docs/kubernetes.md").read_text()
+    assert "## Redis with Sentinel" in text and "components/redis-sentinel" in text
+    assert "kubernetes.md" in (ROOT / "docs/runbooks/redis-failover.md").read_text()
