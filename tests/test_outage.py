@@ -13,12 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError
 
 from loadtest.outage import hung_s3_drill, log_events, redis_drill, s3_drill
-from service import harness
+from service import harness, keys
+from service.jobs import reaper
+from service.jobs.worker import DownloadWorker
 from service.settings import SettingsError, load_settings
 from service.storage.s3 import Storage
+from tests.jobs import runtime_on
 from tests.support import TEST_BUCKET, require_binary
 
 # Ten files of 0.4 s each; JOB_MAX_RETRIES=2 with JOB_RETRY_BASE_S=0.5 is a retry budget of about
@@ -146,3 +150,27 @@ def test_a_hung_s3_never_hangs_the_api(tmp_path):
     assert hung.cancel.response.json()["status"] == "cancelled"
     assert hung.check_after is not None
     assert hung.check_after.response.status_code == 200 and hung.check_after.response.json()["available"]
+
+
+def test_no_lease_is_judged_while_the_restart_check_itself_cannot_reach_redis(redis_factory, monkeypatch):
+    """The reaper and RQ's cleanup wait while Redis restarted less than a lease ago. When the
+    check that tells (INFO's uptime) fails, that is no licence to judge leases: maintenance
+    skips, as it would after a restart (it ran the reaper on the code before)."""
+    server = redis_factory()
+    conn = redis.Redis.from_url(server.url)
+    rt = runtime_on(conn)
+    worker = DownloadWorker(list(keys.DOWNLOAD_QUEUES), rt)
+    reaped: list[object] = []
+    monkeypatch.setattr(reaper, "reap", lambda runtime: reaped.append(runtime))
+
+    def lost(*_args: object, **_kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(worker.connection, "info", lost)
+    worker.run_maintenance_tasks()
+    assert reaped == []
+    monkeypatch.undo()
+    monkeypatch.setattr(reaper, "reap", lambda runtime: reaped.append(runtime))
+    monkeypatch.setattr(worker, "_leases_settling", lambda: False)
+    worker.run_maintenance_tasks()  # the check answers: the reaper runs (the test can fail)
+    assert reaped == [rt]

@@ -185,9 +185,11 @@ class DownloadWorker(BaseWorker):
         Both judge leases, so this worker's own are renewed first (lapsed ones restored), and
         neither runs while Redis has been up for less than one lease (`_leases_settling`)."""
         self._renew_leases()
+        settling = True  # Redis not answering: nothing can tell whether a lease lapsed in an outage
         with self._riding_out("lease check"):
-            if self._leases_settling():
-                return
+            settling = self._leases_settling()
+        if settling:
+            return
         if super().should_run_maintenance_tasks:
             with self._riding_out("maintenance"):
                 super().run_maintenance_tasks()
