@@ -273,6 +273,8 @@ def test_delete_on_a_fixed_route_is_405_not_an_unknown_job(stack, name):
         assert response.status_code == 405, response.text
         assert response.headers["allow"] == "POST"
         assert response.json()["error"] == "Method Not Allowed"
+        # the same name before /cancel is no resource at all: an unknown job, not a method error
+        assert client.post(f"/v1/download/{name}/cancel").status_code == 404
 
 
 def test_callback_url_is_documented_as_a_uri(stack):

@@ -193,14 +193,15 @@ async def file(request: Request) -> Response:
     return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
 
 
-# Fixed paths that `DELETE /v1/download/{job_id}` also matches: for them it is the wrong method
-# on an existing resource (405), not an unknown job (404).
-POST_ONLY = frozenset({"check", "initiate", "start"})
+# Fixed paths that `DELETE /v1/download/{job_id}` also matches (POST .../cancel does not: there
+# `/v1/download/check/cancel` names no resource): for them it is the wrong method on an existing
+# resource (405), not an unknown job (404).
+POST_ONLY = frozenset({"/v1/download/check", "/v1/download/initiate", "/v1/download/start"})
 
 
 async def cancel(request: Request) -> JSONResponse:
     """DELETE /v1/download/{job_id} (or POST .../cancel): stop a queued or running job."""
-    if request.path_params["job_id"] in POST_ONLY:
+    if request.url.path in POST_ONLY:
         raise ApiError(405, f"{request.method} is not allowed here", {"Allow": "POST"})
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
