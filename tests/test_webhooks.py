@@ -185,6 +185,9 @@ def test_without_a_secret_callbacks_are_refused(stack):
         ("http://127.0.0.1/x", {"webhook_allowed_hosts": "127.0.0.0/8"}, True),
         ("http://localhost/x", {"webhook_allowed_hosts": "localhost"}, True),
         ("http://localhost/x", {"webhook_allowed_hosts": "10.0.0.0/8"}, False),
+        # trusted by name: accepted without a lookup (.invalid never resolves)
+        ("http://hooks.internal.invalid/x", {"webhook_allowed_hosts": "hooks.internal.invalid"}, True),
+        ("http://hooks.internal.invalid/x", {}, False),
         ("http://[::ffff:10.0.0.1]/x", {}, False),
         ("http://100.64.0.1/x", {}, False),
         ("http://192.168.1.1/x", {"webhook_allow_private": "true"}, True),

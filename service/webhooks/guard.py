@@ -81,8 +81,12 @@ class Target:
 
 
 async def check(url: str, settings: Settings) -> None:
-    """Raise UnsafeCallback with a message for the client unless `url` may be called."""
-    await resolve(url, settings)
+    """Raise UnsafeCallback with a message for the client unless `url` may be called. A host the
+    operator trusts by name is not looked up here (initiate would wait on DNS for nothing); its
+    deliveries resolve it."""
+    _, host, _ = _parse(url, settings)
+    if not _trusted(host, settings):
+        await resolve(url, settings)
 
 
 async def resolve(url: str, settings: Settings) -> Target:
@@ -93,13 +97,16 @@ async def resolve(url: str, settings: Settings) -> Target:
     except ValueError:
         literal = None
     addresses = [_unmapped(literal)] if literal else await _lookup(host, port, settings.webhook_dns_timeout_s)
-    trusted = settings.webhook_allow_private or host in _allowed_names(settings)
-    if not trusted:
+    if not _trusted(host, settings):
         networks = _allowed_networks(settings)
         for address in addresses:
             if not any(address in network for network in networks) and not is_public(address):
                 raise UnsafeCallback(NOT_PUBLIC)
     return Target(url, parts.scheme, host, port, addresses[0])
+
+
+def _trusted(host: str, settings: Settings) -> bool:
+    return settings.webhook_allow_private or host in _allowed_names(settings)
 
 
 def is_public(address: Address) -> bool:
