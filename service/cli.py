@@ -329,8 +329,7 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
     """Operator access to webhook dead letters: list them as JSON lines, or redeliver one."""
     import json
 
-    import redis
-
+    from service.redis_client import UNAVAILABLE
     from service.runtime import Runtime
     from service.webhooks import delivery
 
@@ -346,7 +345,7 @@ def run_webhooks(settings: Settings, action: str, job_id: str | None) -> int:
         if job_id and delivery.redeliver(rt, job_id):
             print(f"queued a new delivery for job {job_id}")
             return 0
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNAVAILABLE as exc:
         # An operator's command: one line saying what is wrong, not a redis-py traceback.
         print(f"delineate webhooks: cannot reach Redis: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -25,7 +25,10 @@ from redis.retry import Retry
 
 from service.settings import Settings
 
-RETRY_ON = [ConnectionError, TimeoutError]
+# Redis not answering (down, restarting, a failover): what clients retry, and what the worker
+# and the CLI ride out or report as an outage rather than a fault of theirs.
+UNAVAILABLE = (ConnectionError, TimeoutError)
+RETRY_ON = list(UNAVAILABLE)
 # redis-py 8 caps a pool at 100 connections unless told (before: 2**31) and raises
 # MaxConnectionsError past it, without waiting. A worker's WORKER_CONCURRENCY threads and the
 # API's concurrent requests each hold one while they talk to Redis, so 100 is too few (seen:

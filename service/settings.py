@@ -7,7 +7,6 @@ CORS_ORIGINS, DOWNLOAD_DELAY_*) so existing deployments keep their configuration
 from __future__ import annotations
 
 import base64
-import contextlib
 import ipaddress
 from functools import cached_property
 from typing import Annotated, Literal
@@ -102,8 +101,8 @@ class Settings(BaseSettings):
     job_max_retries: int = Field(3, ge=0, le=20)
     job_retry_base_s: float = Field(2.0, ge=0)
     # An attempt rides out an S3 or Redis outage for this long before it counts as failed;
-    # unset: OUTAGE_ALLOWANCE_DEFAULT_S, or half of JOB_TIMEOUT_S when that is shorter
-    job_outage_allowance_s: float = Field(OUTAGE_ALLOWANCE_DEFAULT_S, ge=0)
+    # unset: `outage_allowance_s` derives it from JOB_TIMEOUT_S
+    job_outage_allowance_s: float | None = Field(None, ge=0)
     job_ttl_s: int = Field(24 * 3600, ge=60)
     small_job_max_files: int = Field(10, ge=1)
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
@@ -214,24 +213,23 @@ class Settings(BaseSettings):
             raise ValueError("DOWNLOAD_DELAY_MIN_MS must not exceed DOWNLOAD_DELAY_MAX_MS")
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _outage_default_within_deadline(cls, data: object) -> object:
-        """Unset, the outage allowance fits any JOB_TIMEOUT_S (a deployment with a short
-        timeout keeps starting); set, it is checked against it below."""
-        if isinstance(data, dict) and data.get("job_outage_allowance_s") is None:
-            timeout = data.get("job_timeout_s")
-            with contextlib.suppress(TypeError, ValueError):  # a bad timeout is reported as such
-                if timeout is not None and float(timeout) <= OUTAGE_ALLOWANCE_DEFAULT_S:
-                    data = {**data, "job_outage_allowance_s": float(timeout) / 2}
-        return data
-
     @model_validator(mode="after")
     def _outage_within_deadline(self) -> Settings:
         """An attempt riding out an outage must still end before RQ's timeout kills it."""
-        if self.job_outage_allowance_s >= self.job_timeout_s:
+        if self.outage_allowance_s >= self.job_timeout_s:
             raise ValueError("JOB_OUTAGE_ALLOWANCE_S must be less than JOB_TIMEOUT_S")
         return self
+
+    @property
+    def outage_allowance_s(self) -> float:
+        """JOB_OUTAGE_ALLOWANCE_S; unset, OUTAGE_ALLOWANCE_DEFAULT_S, or half of JOB_TIMEOUT_S
+        when that is not longer than the default (a deployment with a short timeout keeps
+        starting)."""
+        if self.job_outage_allowance_s is not None:
+            return self.job_outage_allowance_s
+        if self.job_timeout_s > OUTAGE_ALLOWANCE_DEFAULT_S:
+            return OUTAGE_ALLOWANCE_DEFAULT_S
+        return self.job_timeout_s / 2
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

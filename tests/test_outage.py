@@ -119,8 +119,8 @@ def test_only_s3_being_unreachable_is_ridden_out_not_a_bad_request(own_s3: harne
 def test_the_outage_allowance_must_end_before_the_job_deadline():
     with pytest.raises(SettingsError, match="JOB_OUTAGE_ALLOWANCE_S must be less than JOB_TIMEOUT_S"):
         load_settings(job_outage_allowance_s=900, job_timeout_s=900)
-    assert load_settings().job_outage_allowance_s == 180 < load_settings().job_timeout_s
-    assert load_settings(job_timeout_s=120).job_outage_allowance_s == 60, "unset: fits a short timeout"
+    assert load_settings().outage_allowance_s == 180 < load_settings().job_timeout_s
+    assert load_settings(job_timeout_s=120).outage_allowance_s == 60, "unset: fits a short timeout"
 
 
 @pytest.mark.slow

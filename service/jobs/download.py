@@ -94,7 +94,7 @@ def _run(rt: Runtime, job: state.JobRecord, attempt: int, stop: cancel.Stop) -> 
     job_id, ttl = job.id, rt.settings.job_ttl_s
     if stop.wait(retry_backoff_s(rt.settings, attempt)):  # status stays `retrying` meanwhile
         return _stopped(rt, job_id, stop)
-    allowance = outage.Allowance(rt.settings.job_outage_allowance_s, rt.storage, stop)
+    allowance = outage.Allowance(rt.settings.outage_allowance_s, rt.storage, stop)
     try:
         allowance.redis(lifecycle.start, rt, job, attempt)
         per_file = pick_delay_s(rt.settings) / max(len(job.file_ids), 1)
@@ -164,7 +164,7 @@ def _publish(
             "result_size": allowance.s3(rt.storage.write_zip, key, members),
         }
     fields["finished_at"] = state.now_iso()
-    allowance.redis(lambda: lifecycle.finish(rt, job_id, also=last_progress, **fields))
+    allowance.redis(lifecycle.finish, rt, job_id, also=last_progress, **fields)
     return fields
 
 

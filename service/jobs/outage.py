@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
-
-import redis
 
 from service import backoff
 from service.jobs import cancel
+from service.redis_client import UNAVAILABLE
 from service.storage.s3 import Storage
 from service.telemetry.logging import get_logger
 
@@ -32,7 +32,6 @@ T = TypeVar("T")
 
 OUTAGE_BASE_S = 0.25
 OUTAGE_CAP_S = 2.0
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class Stopped(Exception):
@@ -48,23 +47,23 @@ class Allowance:
         self.storage = storage
         self.stop = stop
 
-    def s3(self, call: Callable[..., T], *args: object) -> T:
-        """`call(*args)`, an S3 operation, riding out S3 being unreachable."""
-        return self._ride_out("s3", self.storage.is_transient, call, *args)
+    def s3(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """`call(...)`, an S3 operation, riding out S3 being unreachable."""
+        return self._ride_out("s3", self.storage.is_transient, partial(call, *args, **kwargs))
 
-    def redis(self, call: Callable[..., T], *args: object) -> T:
-        """`call(*args)`, a Redis write of the job's state, riding out Redis being unreachable."""
-        return self._ride_out("redis", lambda exc: isinstance(exc, REDIS_DOWN), call, *args)
+    def redis(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """`call(...)`, a Redis write of the job's state, riding out Redis being unreachable."""
+        return self._ride_out(
+            "redis", lambda exc: isinstance(exc, UNAVAILABLE), partial(call, *args, **kwargs)
+        )
 
-    def _ride_out(
-        self, dependency: str, transient: Callable[[Exception], bool], call: Callable[..., T], *args: object
-    ) -> T:
+    def _ride_out(self, dependency: str, transient: Callable[[Exception], bool], call: Callable[[], T]) -> T:
         began: float | None = None
         step = 0
         while True:
             tried_at = time.monotonic()
             try:
-                result = call(*args)
+                result = call()
             except Exception as exc:
                 if not transient(exc):
                     raise

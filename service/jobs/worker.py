@@ -44,7 +44,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import redis
 from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
@@ -56,7 +55,7 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from service import keys
 from service.jobs import cancel, lock, reaper
-from service.jobs.outage import REDIS_DOWN
+from service.redis_client import UNAVAILABLE
 from service.runtime import Runtime
 
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}  # in RQ
@@ -256,7 +255,7 @@ class DownloadWorker(BaseWorker):
         dequeue waits for Redis with RQ's backoff, and the running downloads carry on."""
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             self.log.warning("%s skipped, Redis unavailable: %s", what, exc)
 
     @property
@@ -271,7 +270,7 @@ class DownloadWorker(BaseWorker):
         self._start_heartbeats()
         try:
             execution = self.prepare_execution(job)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             # popped but never registered: the reaper requeues it once Redis is back
             slots.release()
             self.log.warning("job %s not started, Redis unavailable: %s", job.id, exc)
@@ -365,13 +364,13 @@ class DownloadWorker(BaseWorker):
             try:
                 for job, execution in self._lapsed_of(running):
                     self._restore_lease(job, execution)
-            except REDIS_DOWN as exc:
+            except UNAVAILABLE as exc:
                 self._heartbeats_failing(exc)
                 return
             for job, execution in running:
                 try:
                     self.maintain_heartbeats(job, execution)
-                except REDIS_DOWN as exc:
+                except UNAVAILABLE as exc:
                     self._heartbeats_failing(exc)
                     return
                 except Exception:
