@@ -138,7 +138,15 @@ def test_sse_streams_are_capped_per_client_and_per_process(make_stack):
         second = client.stream("GET", url, headers=as_client("198.51.100.1"))
         with first as a1, second as a2:
             assert a1.status_code == 200 and a2.status_code == 200
-            third = client.get(url, headers=as_client("198.51.100.1"))
+            conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+
+            def stream_reads() -> int:  # the XREVRANGE every accepted stream opens with
+                return conn.info("commandstats").get("cmdstat_xrevrange", {}).get("calls", 0)
+
+            opened = stream_reads()
+            for _ in range(5):  # an EventSource retrying: each refusal costs no read
+                third = client.get(url, headers=as_client("198.51.100.1"))
+            assert stream_reads() == opened
             assert third.status_code == 429, third.text
             assert int(third.headers["retry-after"]) >= 1
             assert "SSE_MAX_STREAMS_PER_CLIENT" in third.json()["message"]

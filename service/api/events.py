@@ -35,6 +35,11 @@ log = get_logger(__name__)
 Entry = tuple[str, dict[str, str]]
 
 
+# An event's id as the streams send it and a client may send back (Last-Event-ID): a Redis
+# stream id, milliseconds and an optional sequence.
+EVENT_ID_PATTERN = r"[0-9]{1,20}(-[0-9]{1,20})?"
+
+
 def stream_id(value: str) -> tuple[int, int]:
     """Redis Stream ids compare as (milliseconds, sequence)."""
     millis, _, seq = value.partition("-")

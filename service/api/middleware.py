@@ -117,10 +117,10 @@ class EdgeMiddleware:
                     new.append((b"x-trace-id", trace_id.encode()))
                 headers = list(message.get("headers", ()))
                 present = {name for name, _ in headers}
-                if not present.isdisjoint(name for name, _ in new):  # ours win over a route's
-                    replaced = {name for name, _ in new}
-                    headers = [item for item in headers if item[0] not in replaced]
-                present.update(name for name, _ in new)
+                ours = {name for name, _ in new}
+                if not present.isdisjoint(ours):  # ours win over a route's
+                    headers = [item for item in headers if item[0] not in ours]
+                present |= ours
                 headers += new
                 headers += [item for item in DEFAULT_HEADERS if item[0] not in present]
                 message["headers"] = headers

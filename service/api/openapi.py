@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.api.events import EVENT_ID_PATTERN
 from service.api.schemas import FileRequest, InitiateRequest
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -48,7 +49,7 @@ LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "pattern": "^([0-9]{1,20}(-[0-9]{1,20})?)?$"},
+    "schema": {"type": "string", "pattern": f"^({EVENT_ID_PATTERN})?$"},
     "description": (
         "The id of the last event received (EventSource sends it on reconnect): the stream "
         "resumes after it. Empty is the same as none; an id this stream never sent starts afresh "

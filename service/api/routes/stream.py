@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from service import keys
 from service.api.errors import ApiError
-from service.api.events import Entry, EventHub, stream_id
+from service.api.events import EVENT_ID_PATTERN, Entry, EventHub, stream_id
 from service.api.routes.downloads import load_job, poll_after
 from service.api.sse import Chunk, EventStream, StreamSlots
 from service.jobs import state
@@ -103,7 +103,7 @@ def _opening(
     return b"".join(parts), sent, False
 
 
-LAST_EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+LAST_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 STREAM_ID_MAX = 2**64 - 1  # each half of a stream id is a uint64 (and "(max" has no successor)
 
 
@@ -122,11 +122,27 @@ def last_event_id_of(request: Request) -> str | None:
 
 
 async def stream(request: Request) -> Response:
+    last_event_id = last_event_id_of(request)
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
+    settings = rt.settings
     hub: EventHub = request.app.state.hub
-    last_event_id = last_event_id_of(request)
+    # A stream's slot before any of its work: a client refused for holding too many (or a full
+    # process) costs no subscription and no reads, however often its EventSource retries.
+    slots: StreamSlots = request.app.state.stream_slots
+    client = request.client.host if request.client else ""
+    if refused := slots.take(client):
+        if refused == 429:
+            message = f"You hold {slots.per_client} streams (SSE_MAX_STREAMS_PER_CLIENT); poll the status"
+        else:
+            message = f"This server holds {slots.total} open streams (SSE_MAX_STREAMS); poll the status"
+        raise ApiError(refused, message, {"Retry-After": poll_after(settings)})
     subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
+
+    def close() -> None:
+        hub.unsubscribe(subscription)
+        slots.give_back(client)
+
     try:
         key = keys.events(job.id)
         async with rt.aredis.pipeline(transaction=True) as pipe:
@@ -140,20 +156,19 @@ async def stream(request: Request) -> Response:
             last_event_id = None  # an id this stream never sent: start afresh, not wait in silence
         backlog = missed[0] if last_event_id else list(reversed(newest))
     except BaseException:
-        hub.unsubscribe(subscription)
+        close()
         raise
     if last_event_id and current.finished and not backlog:
-        hub.unsubscribe(subscription)
+        close()
         return Response(status_code=204)  # nothing left to send: EventSource stops reconnecting
 
-    settings = rt.settings
     job_id = job.id  # the stream keeps only what it still needs, not the job records
     opening, first_sent, ended = _opening(job_id, current, backlog, last_event_id, settings.sse_retry_ms)
     if request.scope.get("http_version") == "1.0":
         # HTTP/1.0 has no chunked encoding, and uvicorn would chunk an open-ended stream anyway:
         # send what there is now with a Content-Length; EventSource reconnects with
         # Last-Event-ID after `retry` ms, which makes the stream a poll.
-        hub.unsubscribe(subscription)
+        close()
         return Response(opening, media_type=EventStream.media_type, headers=HEADERS)
 
     async def chunks() -> AsyncIterator[Chunk]:
@@ -187,20 +202,6 @@ async def stream(request: Request) -> Response:
                         return
                 if parts:
                     yield b"".join(parts), False
-
-    slots: StreamSlots = request.app.state.stream_slots
-    client = request.client.host if request.client else ""
-    if refused := slots.take(client):
-        hub.unsubscribe(subscription)
-        if refused == 429:
-            message = f"You hold {slots.per_client} streams (SSE_MAX_STREAMS_PER_CLIENT); poll the status"
-        else:
-            message = f"This server holds {slots.total} open streams (SSE_MAX_STREAMS); poll the status"
-        raise ApiError(refused, message, {"Retry-After": poll_after(settings)})
-
-    def close() -> None:
-        hub.unsubscribe(subscription)
-        slots.give_back(client)
 
     return EventStream(
         chunks(),

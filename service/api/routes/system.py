@@ -66,13 +66,10 @@ async def ready(request: Request) -> JSONResponse:
     of its load balancer because S3 is down would turn a partial outage into a full one.
     """
     checks = await _checks(request)
-    if checks["redis"] != "ok":
-        body, status = _verdict(checks)
-        return JSONResponse(body, status)
-    if checks["storage"] != "ok":
-        checks["storage"] = "degraded"
-        return JSONResponse({"status": "degraded", "checks": checks})
-    return JSONResponse({"status": "healthy", "checks": checks})
+    if checks["redis"] == "ok" and checks["storage"] != "ok":
+        return JSONResponse({"status": "degraded", "checks": {**checks, "storage": "degraded"}})
+    body, status = _verdict(checks)
+    return JSONResponse(body, status)
 
 
 async def live(request: Request) -> JSONResponse:
