@@ -42,26 +42,23 @@ def _options() -> dict[str, object]:
         "socket_connect_timeout": 2,
         "health_check_interval": 15,
         "retry_on_error": RETRY_ON,
+        "max_connections": DEFAULT_MAX_CONNECTIONS,
     }
 
 
-def sync_client(url: str, *, max_connections: int | None = None) -> redis.Redis:
+def sync_client(url: str) -> redis.Redis:
     """For RQ and the worker (RQ is synchronous); threads share its connection pool."""
-    pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
-    return redis.Redis.from_url(url, retry=_sync_retry(), max_connections=pool_size, **_options())
+    return redis.Redis.from_url(url, retry=_sync_retry(), **_options())
 
 
-def async_client(url: str, *, max_connections: int | None = None) -> aioredis.Redis:
+def async_client(url: str) -> aioredis.Redis:
     """For the API's event loop: status reads, the rate limiter, SSE fan-out.
 
     Replies come as str, decoded by hiredis in C: the status route reads a whole job hash per
     request, and decoding it field by field in Python was a measurable part of that request
     (docs/benchmarks.md).
     """
-    pool_size = max_connections or DEFAULT_MAX_CONNECTIONS
-    return aioredis.Redis.from_url(
-        url, retry=_async_retry(), max_connections=pool_size, decode_responses=True, **_options()
-    )
+    return aioredis.Redis.from_url(url, retry=_async_retry(), decode_responses=True, **_options())
 
 
 class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
@@ -87,7 +84,6 @@ def sync_primary(settings: Settings) -> redis.Redis:
         settings.redis_sentinel_master,
         connection_class=_SentinelConnection,
         retry=_sync_retry(),
-        max_connections=DEFAULT_MAX_CONNECTIONS,
         **_primary_options(settings),
     )
 
@@ -100,7 +96,6 @@ def async_primary(settings: Settings) -> aioredis.Redis:
     return sentinel.master_for(  # type: ignore[no-any-return]
         settings.redis_sentinel_master,
         retry=_async_retry(),
-        max_connections=DEFAULT_MAX_CONNECTIONS,
         decode_responses=True,
         **_primary_options(settings),
     )
