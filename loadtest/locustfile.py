@@ -35,7 +35,9 @@ from typing import Any
 
 import gevent
 import requests
-from locust import HttpUser, events, task
+from locust import FastHttpUser, events, task
+from locust.clients import HttpSession
+from locust.contrib.fasthttp import LocustBadStatusCode
 from locust.runners import WorkerRunner
 
 import proxylimit
@@ -93,6 +95,13 @@ def parse_pairs(text: str) -> dict[str, float]:
     return pairs
 
 
+def _timed_out(error: BaseException) -> bool:
+    """A read that waited for the whole limit, in either session's words (geventhttpclient
+    wraps its socket's timeout in RetriesExceeded, as `original`)."""
+    error = getattr(error, "original", None) or error
+    return isinstance(error, (TimeoutError, gevent.Timeout, requests.exceptions.Timeout))
+
+
 def retry_after(response: Any, default: float = 1.0) -> float:
     try:
         return max(float(response.headers.get("Retry-After", default)), 0.0)
@@ -100,29 +109,40 @@ def retry_after(response: Any, default: float = 1.0) -> float:
         return default
 
 
-class ApiUser(HttpUser):
-    """Shared client behaviour: judged requests, starting and following jobs."""
+class ApiUser(FastHttpUser):
+    """Shared client behaviour: judged requests, starting and following jobs.
+
+    Requests go through Locust's FastHttpSession (geventhttpclient), not its requests-based
+    HttpSession: a fifth of the CPU per request (240 against 1,100 us, docs/benchmarks.md). The
+    load generator shares the service's cores, and what it spends itself it reports as the
+    service's latency. Its timeouts are per user: `connection_timeout`, and `network_timeout`
+    set to the proxy's limit by configure().
+    """
 
     abstract = True
     key = ""
+    connection_timeout = CONNECT_TIMEOUT_S
 
     def wait_time(self) -> float:
         return RUN.think_time()
 
     def call(
-        self, method: str, path: str, name: str, expect: tuple[int, ...], **kwargs: Any
+        self, method: str, path: str, name: str, expect: tuple[int, ...], client: Any = None, **kwargs: Any
     ) -> tuple[Any, bool]:
         """One request, failed when the proxy would cut it or the status is not expected."""
         limit = RUN.limit
-        kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, limit.timeout_s))
         started = time.monotonic()
-        with self.client.request(method, path, name=name, catch_response=True, **kwargs) as response:
+        session = client or self.client
+        with session.request(method, path, name=name, catch_response=True, **kwargs) as response:
             elapsed = time.monotonic() - started
-            if isinstance(response.error, requests.exceptions.ReadTimeout):
+            error = getattr(response, "error", None)
+            if isinstance(error, LocustBadStatusCode):  # a status, judged below like any other
+                error = None
+            if error is not None and _timed_out(error) and elapsed >= limit.timeout_s * 0.99:
                 response.failure(limit.failure("no response byte in time"))
                 return response, False
-            if response.error is not None:
-                response.failure(f"{type(response.error).__name__}")
+            if error is not None:
+                response.failure(f"{type(error).__name__}")
                 return response, False
             verdict = limit.judge(elapsed, response.status_code)
             if verdict is not None:
@@ -175,9 +195,8 @@ class ApiUser(HttpUser):
         if ok and fetch:
             # straight to S3, as a browser following the redirect: not through the proxy
             url, headers = s3link.presigned_request(response.headers["Location"], RUN.s3_address)
-            with self.client.get(
-                url, headers=headers, name="S3 presigned object", catch_response=True, timeout=30
-            ) as got:
+            name = "S3 presigned object"
+            with self.client.get(url, headers=headers, name=name, catch_response=True) as got:
                 if got.status_code != 200 or not got.content.startswith(b"PK"):
                     got.failure(f"S3 answered {got.status_code}")
 
@@ -207,9 +226,17 @@ class PollingUser(ApiUser):
 
 
 class SseUser(ApiUser):
-    """Long jobs followed on the event stream, as the browser's EventSource does."""
+    """Long jobs followed on the event stream, as the browser's EventSource does.
+
+    The stream itself goes through Locust's requests-based session: geventhttpclient reads a
+    streamed body only in blocks of a fixed size, so an event would wait for the next ones.
+    """
 
     key = "sse"
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.streams = HttpSession(self.host, environment.events.request, self)
 
     @task
     def slow_job(self) -> None:
@@ -225,7 +252,14 @@ class SseUser(ApiUser):
             if last_id:
                 headers["Last-Event-ID"] = last_id
             response, ok = self.call(
-                "GET", f"/v1/download/stream/{job_id}", STREAM, (200, 204), stream=True, headers=headers
+                "GET",
+                f"/v1/download/stream/{job_id}",
+                STREAM,
+                (200, 204),
+                client=self.streams,
+                stream=True,
+                headers=headers,
+                timeout=(CONNECT_TIMEOUT_S, RUN.limit.timeout_s),
             )
             if not ok:
                 response.close()
@@ -362,6 +396,7 @@ def configure(environment: Any, **_: Any) -> None:
     if options is None:
         return
     RUN.limit = proxylimit.load(options.proxy_profile or None, options.proxy_timeout_s or None)
+    ApiUser.network_timeout = RUN.limit.timeout_s  # read before any user exists
     RUN.pacing = PACING[options.delay_profile]
     RUN.slow_files = options.slow_files
     RUN.follow_limit_s = options.follow_limit_s
