@@ -662,6 +662,24 @@ def test_worker_memory_is_sized_for_its_concurrency(overlay):
     assert mebibytes(resources["limits"]["memory"]) >= mebibytes(resources["requests"]["memory"])
 
 
+def millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_outweighs_a_worker_for_cpu_as_in_compose(overlay):
+    """Cgroup CPU weights follow requests: the API's must be to a worker's as compose's
+    cpu_shares are (1024 by default against the worker's), so that a burst of downloads starting
+    or ending yields the CPU to the API in both deployments (WORKER_NICE works within a pod
+    only)."""
+    docs = objects(overlay)
+    api, worker = (container(d)["resources"]["requests"]["cpu"] for d in (api_of(docs), worker_of(docs)))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    shares = {name: compose[name].get("cpu_shares", 1024) for name in ("api", "worker")}
+    assert shares["api"] > shares["worker"], "compose: the API outweighs a worker"
+    assert millicores(api) / millicores(worker) == shares["api"] / shares["worker"]
+
+
 def test_docs_say_the_manifests_are_validated_not_run_on_a_cluster():
     text = (ROOT / "docs/kubernetes.md").read_text()
     assert "not yet been exercised on a live cluster" in text
