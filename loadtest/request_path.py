@@ -2,7 +2,8 @@
 
 `GET /` and the status route are called through the real application (create_app, its
 middleware, a private Redis for the rate limiter and the job read, prometheus-client in
-multiprocess mode, JSON access lines to a file), 64 at a time on one event loop, with no
+multiprocess mode as `delineate api` runs it: chosen before any metric is imported, JSON access
+lines to a file), 64 at a time on one event loop, with no
 network and no uvicorn: the CPU time per request (time.process_time) of the whole stack, then
 with one piece taken out at a time (the access line, the request metrics, the rate limiter's
 Redis hit), beside a bare Starlette app answering the same JSON. The difference is what that
@@ -16,24 +17,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+# prometheus-client picks its value class (mmap files in multiprocess mode) when first imported
+PROM_DIR = tempfile.mkdtemp(prefix="delineate-request-path-prom-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROM_DIR
+atexit.register(shutil.rmtree, PROM_DIR, True)
 
-from backends import LOAD_SETTINGS
-from service import harness
-from service.api import middleware
-from service.api.ratelimit import Decision
-from service.telemetry import metrics
+import httpx  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from backends import LOAD_SETTINGS  # noqa: E402
+from service import harness  # noqa: E402
+from service.api import middleware  # noqa: E402
+from service.api.ratelimit import Decision  # noqa: E402
+from service.telemetry import metrics  # noqa: E402
 
 CONCURRENCY = 64
+
+
+class ScopeHeaders:
+    """Headers added to every request (a client's own X-Request-ID spares the API a new one)."""
+
+    extra: list[tuple[bytes, bytes]] = []
 
 
 def scope_for(path: str) -> dict[str, Any]:
@@ -47,7 +62,7 @@ def scope_for(path: str) -> dict[str, Any]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")],
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), *ScopeHeaders.extra],
         "client": ("127.0.0.1", 5555),
         "server": ("127.0.0.1", 8000),
     }
@@ -109,8 +124,7 @@ async def measure(backends: harness.Backends, requests: int) -> None:
     from service.settings import load_settings
     from service.telemetry.logging import configure
 
-    (backends.home / "prom").mkdir()
-    os.environ.update(backends.env(LOG_LEVEL="info", PROMETHEUS_MULTIPROC_DIR=str(backends.home / "prom")))
+    os.environ.update(backends.env(LOG_LEVEL="info", PROMETHEUS_MULTIPROC_DIR=PROM_DIR))
     log = (backends.home / "api.log").open("wb")
     os.dup2(log.fileno(), 2)  # the access lines go to a file, as under a container runtime
     settings = load_settings()
@@ -133,6 +147,7 @@ async def measure(backends: harness.Backends, requests: int) -> None:
             "the access line": lambda: replaced(edge, "access", Silent()),
             "the request metrics": lambda: replaced(metrics, "observe_request", lambda *args: None),
             "the rate limiter's Redis hit": lambda: replaced(limit.limiter, "hit", always_allowed),
+            "a new request id": lambda: replaced(ScopeHeaders, "extra", [(b"x-request-id", b"given-id")]),
         }
         print(f"CPU per request in process, {CONCURRENCY} at a time, best of 3 passes of {requests}")
         print(f"  bare Starlette JSON              {await cpu_per_request(bare, '/', requests):6.1f} us")
