@@ -147,7 +147,7 @@ async def measure(backends: harness.Backends, requests: int) -> None:
             "the access line": lambda: replaced(edge, "access", Silent()),
             "the request metrics": lambda: replaced(metrics, "observe_request", lambda *args: None),
             "the rate limiter's Redis hit": lambda: replaced(limit.limiter, "hit", always_allowed),
-            "a new request id": lambda: replaced(ScopeHeaders, "extra", [(b"x-request-id", b"given-id")]),
+            "the new request id": lambda: replaced(ScopeHeaders, "extra", [(b"x-request-id", b"given-id")]),
         }
         print(f"CPU per request in process, {CONCURRENCY} at a time, best of 3 passes of {requests}")
         print(f"  bare Starlette JSON              {await cpu_per_request(bare, '/', requests):6.1f} us")
