@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from service import keys
 
@@ -22,18 +25,48 @@ from service import keys
 
 HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-HTTP_REQUESTS = Counter(
-    "delineate_http_requests",
-    "HTTP requests answered, by route template, method and status class (2xx..5xx).",
-    ["route", "method", "status"],
-)
+HTTP_LABELS = ("route", "method", "status")
+HTTP_LATENCY_NAME = "delineate_http_request_duration_seconds"
 HTTP_LATENCY = Histogram(
-    "delineate_http_request_duration_seconds",
+    HTTP_LATENCY_NAME,
     "Time from request to the end of the response, by route template, method and status class. "
     "For SSE streams this is the stream's lifetime.",
-    ["route", "method", "status"],
+    HTTP_LABELS,
     buckets=HTTP_LATENCY_BUCKETS,
 )
+
+
+class RequestCounter(Collector):
+    """`delineate_http_requests_total`, the requests answered, read at scrape time from the
+    duration histogram's `_count`: every answered request is one observation there, so a
+    counter written beside it counted the same thing a second time on every request's path
+    (one more locked write to a metrics file). Same name, help, labels and values as when it
+    was a Counter of its own. Wraps the collector that yields the histogram (`exposition`)."""
+
+    NAME = "delineate_http_requests"
+    HELP = "HTTP requests answered, by route template, method and status class (2xx..5xx)."
+
+    def __init__(self, source: Collector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.source.collect():
+            yield family
+            if family.name != HTTP_LATENCY_NAME:
+                continue
+            counts, created = {}, {}
+            for sample in family.samples:
+                labels = tuple(sample.labels[name] for name in HTTP_LABELS)
+                if sample.name == HTTP_LATENCY_NAME + "_count":
+                    counts[labels] = sample.value
+                elif sample.name == HTTP_LATENCY_NAME + "_created":  # single-process mode only
+                    created[labels] = sample.value
+            counter = CounterMetricFamily(self.NAME, self.HELP, labels=HTTP_LABELS)
+            for labels, count in counts.items():
+                counter.add_metric(labels, count, created=created.get(labels))
+            yield counter
+
+
 HTTP_SERVER_ERRORS = Counter(
     "delineate_http_server_errors",
     "5xx responses the API itself sent, by route and exact status (504 = legacy /start cut at "
@@ -175,23 +208,18 @@ _initialise()
 # -- helpers used by the API -------------------------------------------------------------------
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_children: dict[tuple[str, str, int], Any] = {}
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    """One answered request. Children are cached: `.labels()` costs a lock and a dict build."""
+    """One answered request (counted too: RequestCounter). Children are cached: `.labels()`
+    costs a lock and a dict build."""
     key = (route, method, status)
-    pair = _children.get(key)
-    if pair is None:
+    child = _children.get(key)
+    if child is None:
         label_method = method if method in METHODS else "other"
-        status_class = f"{status // 100}xx"
-        pair = (
-            HTTP_REQUESTS.labels(route, label_method, status_class),
-            HTTP_LATENCY.labels(route, label_method, status_class),
-        )
-        _children[key] = pair
-    pair[0].inc()
-    pair[1].observe(seconds)
+        child = _children[key] = HTTP_LATENCY.labels(route, label_method, f"{status // 100}xx")
+    child.observe(seconds)
     if status >= 500:
         HTTP_SERVER_ERRORS.labels(route, str(status)).inc()
 
