@@ -64,3 +64,43 @@ def test_ours_win_over_a_route_s_and_a_route_s_own_default_is_kept():
     assert headers[:2] == [(b"content-length", b"2"), (b"x-frame-options", b"DENY")]
     assert headers[2:4] == [(b"x-request-id", b"given-1"), (b"ratelimit-remaining", b"99")]
     assert headers[4:] == [item for item in DEFAULT_HEADERS if item[0] != b"x-frame-options"]
+
+
+def test_requests_in_progress_reach_the_gauge_once_per_event_loop_turn(monkeypatch):
+    """20 requests in flight together: a few writes of the turn's net value (each a locked store
+    into the metrics file in multiprocess mode), not an increment and a decrement each."""
+    from service.telemetry import metrics
+
+    written: list[tuple] = []
+    gauge = metrics.HTTP_IN_PROGRESS
+    for name in ("inc", "dec", "set"):
+        method = getattr(gauge, name)
+
+        def counted(*args, method=method, name=name):
+            method(*args)
+            written.append((name, *args))
+
+        monkeypatch.setattr(gauge, name, counted)
+
+    async def route(scope, receive, send):
+        await asyncio.sleep(0)  # a request spans turns, as one awaiting Redis does
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    def scope():
+        return {"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("127.0.0.1", 1)}
+
+    async def main() -> None:
+        edge = EdgeMiddleware(route)
+        await asyncio.gather(*(edge(scope(), receive, send) for _ in range(20)))
+        await asyncio.sleep(0)  # the last turn's write
+
+    asyncio.run(main())
+    assert len(written) <= 3, written
+    assert ("set", 20) in written and written[-1] == ("set", 0), written

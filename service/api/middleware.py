@@ -140,7 +140,7 @@ class EdgeMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        metrics.HTTP_IN_PROGRESS.inc()
+        metrics.IN_PROGRESS.add(1)
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
@@ -151,7 +151,7 @@ class EdgeMiddleware:
             body = error_body(500, "An unexpected error occurred", request_id)
             await JSONResponse(body, 500)(scope, receive, send_with_headers)
         finally:
-            metrics.HTTP_IN_PROGRESS.dec()
+            metrics.IN_PROGRESS.add(-1)
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.observe_request(route, scope["method"], status, elapsed)

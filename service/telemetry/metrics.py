@@ -9,6 +9,7 @@ templates, never raw paths).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -78,6 +79,35 @@ HTTP_IN_PROGRESS = Gauge(
     "Requests being handled right now (SSE streams included).",
     multiprocess_mode="livesum",
 )
+
+
+class TurnGauge:
+    """A gauge whose changes during one event-loop turn reach it as one write, at the turn's end.
+
+    In multiprocess mode every write of a metric takes a lock and stores into this process's
+    metrics file; the in-progress gauge went up and down once per request, two writes on every
+    request's path. Requests start and end by the dozen in one turn under load: the turn's net
+    change is one write. A scrape reads the files, so the exposition flushes first (the scrape
+    then counts itself, as before). Used from the event loop only.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.value = 0
+        self._scheduled = False
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self.gauge.set(self.value)
+
+
+IN_PROGRESS = TurnGauge(HTTP_IN_PROGRESS)
 SSE_CONNECTIONS = Gauge(
     "delineate_sse_connections",
     "Open SSE streams (GET /v1/download/stream/{job_id}).",
