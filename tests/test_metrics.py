@@ -126,3 +126,32 @@ def test_the_request_counter_is_the_duration_histogram_s_count():
     }
     created = f'delineate_http_requests_created{{method="GET",route="{route}",status="2xx"}}'
     assert created in body.decode()  # as a Counter had it
+
+
+def test_a_turn_s_observations_are_written_as_histogram_observe_writes_them(monkeypatch):
+    """Buffered to the end of the event-loop turn, a route's observations land in the same
+    buckets, sum and count as one `observe` each, in one write per bucket and one of the sum."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.telemetry import metrics
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 0.3, 59.0, 60.0, 61.0, 1e6]
+    reference = Histogram("reference", "", buckets=metrics.HTTP_LATENCY_BUCKETS, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+    route = "/test-a-turn-s-observations"
+
+    async def turn() -> int:
+        for seconds in values:
+            metrics.observe_request(route, "GET", 200, seconds)
+        child = metrics.HTTP_LATENCY.labels(route, "GET", "2xx")
+        pending = child._sum.get()
+        await asyncio.sleep(0)  # the turn's end
+        return pending
+
+    assert asyncio.run(turn()) == 0  # nothing written during the turn
+    ours = metrics.HTTP_LATENCY.labels(route, "GET", "2xx")
+    assert ours._sum.get() == reference._sum.get()
+    assert [b.get() for b in ours._buckets] == [b.get() for b in reference._buckets]

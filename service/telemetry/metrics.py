@@ -10,6 +10,8 @@ templates, never raw paths).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import os
 import time
 from collections.abc import Iterator
@@ -239,19 +241,52 @@ _initialise()
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _children: dict[tuple[str, str, int], Any] = {}
+_observed: dict[tuple[str, str, int], list[float]] = {}
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    """One answered request (counted too: RequestCounter). Children are cached: `.labels()`
-    costs a lock and a dict build."""
-    key = (route, method, status)
-    child = _children.get(key)
-    if child is None:
-        label_method = method if method in METHODS else "other"
-        child = _children[key] = HTTP_LATENCY.labels(route, label_method, f"{status // 100}xx")
-    child.observe(seconds)
+    """One answered request (counted too: RequestCounter), written at the end of the event-loop
+    turn with the turn's others of its route, method and status (`_write_observed`): in
+    multiprocess mode each write takes a lock and stores into the metrics file, and a request's
+    observation was two (the sum and a bucket) where a busy turn's dozens now share them.
+    Off the event loop (a test, a thread) it is written at once."""
+    pending = _observed.get(key := (route, method, status))
+    if pending is None:
+        _observed[key] = [seconds]
+        try:
+            asyncio.get_running_loop().call_soon(_write_observed, key)
+        except RuntimeError:
+            _write_observed(key)
+    else:
+        pending.append(seconds)
     if status >= 500:
         HTTP_SERVER_ERRORS.labels(route, str(status)).inc()
+
+
+def _write_observed(key: tuple[str, str, int]) -> None:
+    """What `Histogram.observe` would have written for each of `key`'s pending observations, in
+    one write of the sum and one per bucket (its buckets are cumulative when exposed, not
+    stored: each value is stored in the first bucket whose bound it does not exceed)."""
+    seconds = _observed.pop(key, None)
+    if not seconds:
+        return
+    child = _children.get(key)
+    if child is None:
+        route, method, status = key
+        label_method = method if method in METHODS else "other"
+        child = _children[key] = HTTP_LATENCY.labels(route, label_method, f"{status // 100}xx")
+    child._sum.inc(sum(seconds))
+    for bucket, count in collections.Counter(
+        bisect.bisect_left(HTTP_LATENCY_BUCKETS, s) for s in seconds
+    ).items():
+        child._buckets[bucket].inc(count)
+
+
+def flush_request_metrics() -> None:
+    """Write what this turn's requests left pending (before an exposition reads the files)."""
+    for key in list(_observed):
+        _write_observed(key)
+    IN_PROGRESS.flush()
 
 
 def seconds_since(moment: str | datetime | None) -> float | None:
