@@ -140,7 +140,9 @@ def test_the_api_client_packs_commands_in_c_and_redis_reads_them_alike(redis_fac
         connection = client.connection_pool.make_connection()
         for args in (("HSET", "k", "f", v) for v in values):
             assert b"".join(connection.pack_command(*args)) == b"".join(Connection().pack_command(*args))
-        assert [args[3] for args in packed_in_c if args[0] == b"HSET"] == values
+        assert [args[3] for args in packed_in_c if args[0] in ("HSET", b"HSET")] == values
+        for args in (("SET", "k", memoryview(b"mv")), ("CONFIG GET", "maxclients")):  # converted, split
+            assert b"".join(connection.pack_command(*args)) == b"".join(Connection().pack_command(*args))
         await client.hset("h", mapping={str(n): v for n, v in enumerate(values)})
         single = {int(k): v for k, v in (await client.hgetall("h")).items()}
         async with client.pipeline(transaction=False) as pipe:
