@@ -62,7 +62,8 @@ def test_redis_memory_counts_every_job_s_keys_and_small_streams_stay_small():
 
 
 ROUND = re.compile(
-    r"round 1: bare +(\d+) req/s p99 +[\d.]+ ms \| root +(\d+) req/s p99 +[\d.]+ ms \| ratio ([\d.]+)"
+    r"round 1: bare +(\d+) req/s p99 +[\d.]+ ms +(\d+) us CPU \| "
+    r"root +(\d+) req/s p99 +[\d.]+ ms +(\d+) us CPU \| ratio ([\d.]+)"
 )
 
 
@@ -74,11 +75,12 @@ def test_api_bench_sets_the_root_route_beside_the_bare_starlette_floor():
     out = run("loadtest/bench_api.py", "--only", "root", "--rounds", "1", "--seconds", "1")
     found = ROUND.search(out)
     assert found, out
-    bare, root, ratio = int(found[1]), int(found[2]), float(found[3])
-    assert bare > 0 and root > 0, out
+    bare, root, ratio = int(found[1]), int(found[3]), float(found[5])
+    assert bare > 0 and root > 0 and int(found[2]) > 0 and int(found[4]) > 0, out
     assert ratio == pytest.approx(root / bare, abs=0.01), out
     assert "warning" not in out, out  # every answer a 2xx
-    assert re.search(r"root: median ratio [\d.]+ \(target >= 0.40\)", out), out
+    assert re.search(r"root: median ratio [\d.]+, median p99 [\d.]+ ms \(target >= 0.40\); CPU per", out), out
+    assert re.search(r"aim root \(target >= 0.40\): (PASS|FAIL)", out), out
 
 
 PIECE = re.compile(r"without (the [\w' ]+?) +([\d.]+) us: it costs +(-?[\d.]+) us")
@@ -92,7 +94,7 @@ def test_request_path_takes_each_piece_out_of_both_routes():
     wholes = {m[1]: float(m[2]) for m in WHOLE.finditer(out)}
     assert set(wholes) == {"GET /", "status"}, out
     pieces = PIECE.findall(out)
-    assert len(pieces) == 6, out  # three pieces, each taken out of both routes
-    for route, (start, end) in zip(wholes, ((0, 3), (3, 6)), strict=True):
+    assert len(pieces) == 8, out  # four pieces, each taken out of both routes
+    for route, (start, end) in zip(wholes, ((0, 4), (4, 8)), strict=True):
         for _, rest, cost in pieces[start:end]:
             assert float(cost) == pytest.approx(wholes[route] - float(rest), abs=0.15), out

@@ -7,6 +7,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import orjson
 import pytest
 
 from service import harness
@@ -61,19 +62,28 @@ def test_log_lines_carry_ids_and_never_secrets_or_signatures(make_stack, otlp):
     assert all(line["trace_id"] == done["traceId"] and len(line["span_id"]) == 16 for line in worker_lines)
 
 
+def keep_logging_state(monkeypatch) -> None:
+    """configure() sets process-wide state: put this test process's back afterwards."""
+    import logging
+
+    noisy = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore")
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", *noisy):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "level", logger.level)
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+
+
 def test_access_lines_of_one_event_loop_turn_leave_in_one_write(monkeypatch):
     """The API's per-request cost: one write(2) per turn, not per access line; every line
     arrives, whole and in order, and a line logged off the loop is written at once."""
     import asyncio
     import io
-    import logging
     import sys
 
     import structlog
 
     from service.telemetry import logging as telemetry_logging
-
-    NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore")
 
     class Counting(io.RawIOBase):
         def __init__(self) -> None:
@@ -88,12 +98,7 @@ def test_access_lines_of_one_event_loop_turn_leave_in_one_write(monkeypatch):
 
     raw = Counting()
     monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), write_through=True))
-    # configure() sets process-wide state: put this test process's back afterwards
-    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "rq.worker", *NOISY):
-        logger = logging.getLogger(name)
-        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
-        monkeypatch.setattr(logger, "level", logger.level)
-        monkeypatch.setattr(logger, "propagate", logger.propagate)
+    keep_logging_state(monkeypatch)
     monkeypatch.setattr(telemetry_logging, "_access", None)
     try:
         telemetry_logging.configure("info", "json")
@@ -112,5 +117,54 @@ def test_access_lines_of_one_event_loop_turn_leave_in_one_write(monkeypatch):
         assert len(raw.writes) == 2
         lines = json_lines(b"".join(raw.writes).decode())
         assert [line["n"] for line in lines] == list(range(21))
+    finally:
+        structlog.reset_defaults()
+
+
+def test_the_access_line_is_the_line_structlog_s_json_chain_renders(monkeypatch):
+    """AccessLog renders the access line itself: the same fields in the same order, the same
+    timestamp format, and nothing below the info level."""
+    import io
+    import re
+    import sys
+
+    import structlog
+
+    from service.telemetry import logging as telemetry_logging
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, write_through=True))
+    keep_logging_state(monkeypatch)
+    monkeypatch.setattr(telemetry_logging, "_access", None)
+    fields = {
+        "method": "GET",
+        "route": "/v1/download/status/{job_id}",
+        "status": 200,
+        "duration_ms": 0.25,
+        "client": "10.0.0.7",
+        "request_id": "a-request",
+    }
+    try:
+        telemetry_logging.configure("info", "json")
+        access = telemetry_logging.access_logger()
+        assert isinstance(access, telemetry_logging.AccessLog)
+        access.info("request", **fields)
+        chain = structlog.wrap_logger(
+            structlog.BytesLogger(sys.stderr.buffer),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(orjson.dumps),
+            ],
+        )
+        chain.info("request", **fields)
+        ours, theirs = raw.getvalue().decode().splitlines()
+        stamp = re.compile(r'"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z"')
+        assert stamp.search(ours) and stamp.search(theirs), (ours, theirs)
+        assert stamp.sub("", ours) == stamp.sub("", theirs)
+
+        telemetry_logging.configure("warning", "json")
+        telemetry_logging.access_logger().info("request", **fields)
+        assert len(raw.getvalue().decode().splitlines()) == 2
     finally:
         structlog.reset_defaults()

@@ -95,3 +95,63 @@ def test_s3_errors_are_counted_by_operation(make_stack):
     assert value(worker, "delineate_s3_errors_total", operation="HeadObject", reason="403") == 1
     assert value(worker, "delineate_jobs_finished_total", outcome="failed") == 1
     assert value(worker, "delineate_jobs_finished_total", outcome="completed") == 0
+
+
+def test_the_request_counter_is_the_duration_histogram_s_count():
+    """delineate_http_requests_total is read from the histogram at scrape time (one write per
+    request instead of two): the same family, labels and values, once in the exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from service.telemetry import exposition, metrics
+
+    route = "/test-the-request-counter"
+    for status in (200, 200, 201, 404, 503):
+        metrics.observe_request(route, "GET", status, 0.002)
+    metrics.observe_request(route, "BREW", 200, 0.002)
+    body, _ = exposition.render(exposition.api_registry(), None)
+    parsed = text_string_to_metric_families(body.decode())
+    families = [f for f in parsed if f.name == "delineate_http_requests"]
+    assert len(families) == 1 and families[0].type == "counter"
+    assert families[0].documentation == metrics.RequestCounter.HELP
+    ours = {
+        (s.name, s.labels["method"], s.labels["status"]): s.value
+        for s in families[0].samples
+        if s.labels["route"] == route
+    }
+    assert ours == {
+        ("delineate_http_requests_total", "GET", "2xx"): 3,
+        ("delineate_http_requests_total", "GET", "4xx"): 1,
+        ("delineate_http_requests_total", "GET", "5xx"): 1,
+        ("delineate_http_requests_total", "other", "2xx"): 1,
+    }
+    created = f'delineate_http_requests_created{{method="GET",route="{route}",status="2xx"}}'
+    assert created in body.decode()  # as a Counter had it
+
+
+def test_a_turn_s_observations_are_written_as_histogram_observe_writes_them(monkeypatch):
+    """Buffered to the end of the event-loop turn, a route's observations land in the same
+    buckets, sum and count as one `observe` each, in one write per bucket and one of the sum."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.telemetry import metrics
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 0.3, 59.0, 60.0, 61.0, 1e6]
+    reference = Histogram("reference", "", buckets=metrics.HTTP_LATENCY_BUCKETS, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+    route = "/test-a-turn-s-observations"
+
+    async def turn() -> int:
+        for seconds in values:
+            metrics.observe_request(route, "GET", 200, seconds)
+        child = metrics.HTTP_LATENCY.labels(route, "GET", "2xx")
+        pending = child._sum.get()
+        await asyncio.sleep(0)  # the turn's end
+        return pending
+
+    assert asyncio.run(turn()) == 0  # nothing written during the turn
+    ours = metrics.HTTP_LATENCY.labels(route, "GET", "2xx")
+    assert ours._sum.get() == reference._sum.get()
+    assert [b.get() for b in ours._buckets] == [b.get() for b in reference._buckets]

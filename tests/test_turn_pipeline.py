@@ -119,3 +119,42 @@ def test_one_key_s_increments_in_a_turn_are_one_incrby_and_each_caller_gets_its_
     assert stats["cmdstat_incrby"]["calls"] == 2 and "cmdstat_incr" not in stats
     assert stats["cmdstat_pexpire"]["calls"] == 1
     assert 0 < sync.pttl("hits") <= 60_000
+
+
+def test_the_api_client_packs_commands_in_c_and_redis_reads_them_alike(redis_factory, monkeypatch):
+    """async_client's connections pack with hiredis (redis-py's asyncio connection packs in
+    Python): the same protocol bytes, so every kind of argument arrives intact, in a single
+    command, a pipeline and a script call with many arguments (initiate's shape)."""
+    import hiredis
+    from redis.asyncio.connection import Connection
+
+    packed_in_c: list[tuple[object, ...]] = []
+    pack = hiredis.pack_command
+    monkeypatch.setattr(hiredis, "pack_command", lambda args: packed_in_c.append(args) or pack(args))
+    server = redis_factory()
+    values = ["plain", "é ü 中", 1.5, -3, 2**70, b"\x00 bytes"]
+    many = [f"field-{n}" for n in range(200)]
+
+    async def main() -> tuple[object, ...]:
+        client = async_client(server.url)
+        connection = client.connection_pool.make_connection()
+        for args in (("HSET", "k", "f", v) for v in values):
+            assert b"".join(connection.pack_command(*args)) == b"".join(Connection().pack_command(*args))
+        assert [args[3] for args in packed_in_c if args[0] in ("HSET", b"HSET")] == values
+        for args in (("SET", "k", memoryview(b"mv")), ("CONFIG GET", "maxclients")):  # converted, split
+            assert b"".join(connection.pack_command(*args)) == b"".join(Connection().pack_command(*args))
+        await client.hset("h", mapping={str(n): v for n, v in enumerate(values)})
+        single = {int(k): v for k, v in (await client.hgetall("h")).items()}
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("spaced key", "a b").get("spaced key").execute_command("CONFIG GET", "maxclients")
+            piped = await pipe.execute()
+        script = client.register_script("return #ARGV")
+        counted = await script(keys=[], args=many)
+        await client.aclose()
+        return single, piped, counted
+
+    single, piped, counted = asyncio.run(main())
+    assert single == dict(enumerate(["plain", "é ü 中", "1.5", "-3", str(2**70), "\x00 bytes"]))
+    assert piped[:2] == [True, "a b"] and "maxclients" in piped[2]  # "CONFIG GET": two words
+    assert counted == 200
+    assert any(len(args) > 200 for args in packed_in_c)  # the script call, in C too

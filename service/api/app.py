@@ -52,6 +52,7 @@ async def docs(request: Request) -> HTMLResponse:
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus exposition: all API processes merged, plus queue depth read from Redis now."""
+    metrics.flush_request_metrics()  # as of now: this request in progress too
     body, content_type = await run_in_threadpool(
         exposition.render, request.app.state.metrics_registry, request.headers.get("accept")
     )

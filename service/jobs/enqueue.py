@@ -89,13 +89,13 @@ class Claim:
     def make(
         cls, settings: Settings, client: str, body: dict[str, Any], idempotency_key: str | None
     ) -> Claim | None:
+        if not idempotency_key and not settings.dedupe_window_s:
+            return None  # no claim: the body's fingerprint would be computed for nothing
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if idempotency_key:
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
             return cls(keys.idempotency(client, digest), fingerprint, settings.idempotency_ttl_s)
-        if settings.dedupe_window_s:
-            return cls(keys.dedupe(client, fingerprint), fingerprint, settings.dedupe_window_s)
-        return None
+        return cls(keys.dedupe(client, fingerprint), fingerprint, settings.dedupe_window_s)
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,19 @@ from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from service.telemetry.metrics import WORKER_RUNNING, WORKER_SLOTS, record_process_start
+from service.telemetry.metrics import WORKER_RUNNING, WORKER_SLOTS, RequestCounter, record_process_start
 
 
 def api_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
     """What `GET /metrics` renders: every API process's values merged, plus `extra` collectors."""
     registry = CollectorRegistry()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        multiprocess.MultiProcessCollector(registry)
+        source: Collector = multiprocess.MultiProcessCollector(None)
     else:
         from prometheus_client import REGISTRY
 
-        registry.register(_Delegate(REGISTRY))
+        source = _Delegate(REGISTRY)
+    registry.register(RequestCounter(source))
     for collector in extra:
         registry.register(collector)
     return registry

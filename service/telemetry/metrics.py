@@ -9,12 +9,18 @@ templates, never raw paths).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import collections
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from service import keys
 
@@ -22,18 +28,48 @@ from service import keys
 
 HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-HTTP_REQUESTS = Counter(
-    "delineate_http_requests",
-    "HTTP requests answered, by route template, method and status class (2xx..5xx).",
-    ["route", "method", "status"],
-)
+HTTP_LABELS = ("route", "method", "status")
+HTTP_LATENCY_NAME = "delineate_http_request_duration_seconds"
 HTTP_LATENCY = Histogram(
-    "delineate_http_request_duration_seconds",
+    HTTP_LATENCY_NAME,
     "Time from request to the end of the response, by route template, method and status class. "
     "For SSE streams this is the stream's lifetime.",
-    ["route", "method", "status"],
+    HTTP_LABELS,
     buckets=HTTP_LATENCY_BUCKETS,
 )
+
+
+class RequestCounter(Collector):
+    """`delineate_http_requests_total`, the requests answered, read at scrape time from the
+    duration histogram's `_count`: every answered request is one observation there, so a
+    counter written beside it counted the same thing a second time on every request's path
+    (one more locked write to a metrics file). Same name, help, labels and values as when it
+    was a Counter of its own. Wraps the collector that yields the histogram (`exposition`)."""
+
+    NAME = "delineate_http_requests"
+    HELP = "HTTP requests answered, by route template, method and status class (2xx..5xx)."
+
+    def __init__(self, source: Collector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.source.collect():
+            yield family
+            if family.name != HTTP_LATENCY_NAME:
+                continue
+            counts, created = {}, {}
+            for sample in family.samples:
+                labels = tuple(sample.labels[name] for name in HTTP_LABELS)
+                if sample.name == HTTP_LATENCY_NAME + "_count":
+                    counts[labels] = sample.value
+                elif sample.name == HTTP_LATENCY_NAME + "_created":  # single-process mode only
+                    created[labels] = sample.value
+            counter = CounterMetricFamily(self.NAME, self.HELP, labels=HTTP_LABELS)
+            for labels, count in counts.items():
+                counter.add_metric(labels, count, created=created.get(labels))
+            yield counter
+
+
 HTTP_SERVER_ERRORS = Counter(
     "delineate_http_server_errors",
     "5xx responses the API itself sent, by route and exact status (504 = legacy /start cut at "
@@ -45,6 +81,35 @@ HTTP_IN_PROGRESS = Gauge(
     "Requests being handled right now (SSE streams included).",
     multiprocess_mode="livesum",
 )
+
+
+class TurnGauge:
+    """A gauge whose changes during one event-loop turn reach it as one write, at the turn's end.
+
+    In multiprocess mode every write of a metric takes a lock and stores into this process's
+    metrics file; the in-progress gauge went up and down once per request, two writes on every
+    request's path. Requests start and end by the dozen in one turn under load: the turn's net
+    change is one write. A scrape reads the files, so the exposition flushes first (the scrape
+    then counts itself, as before). Used from the event loop only.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.value = 0
+        self._scheduled = False
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self.gauge.set(self.value)
+
+
+IN_PROGRESS = TurnGauge(HTTP_IN_PROGRESS)
 SSE_CONNECTIONS = Gauge(
     "delineate_sse_connections",
     "Open SSE streams (GET /v1/download/stream/{job_id}).",
@@ -175,25 +240,53 @@ _initialise()
 # -- helpers used by the API -------------------------------------------------------------------
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_children: dict[tuple[str, str, int], Any] = {}
+_observed: dict[tuple[str, str, int], list[float]] = {}
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    """One answered request. Children are cached: `.labels()` costs a lock and a dict build."""
-    key = (route, method, status)
-    pair = _children.get(key)
-    if pair is None:
-        label_method = method if method in METHODS else "other"
-        status_class = f"{status // 100}xx"
-        pair = (
-            HTTP_REQUESTS.labels(route, label_method, status_class),
-            HTTP_LATENCY.labels(route, label_method, status_class),
-        )
-        _children[key] = pair
-    pair[0].inc()
-    pair[1].observe(seconds)
+    """One answered request (counted too: RequestCounter), written at the end of the event-loop
+    turn with the turn's others of its route, method and status (`_write_observed`): in
+    multiprocess mode each write takes a lock and stores into the metrics file, and a request's
+    observation was two (the sum and a bucket) where a busy turn's dozens now share them.
+    Off the event loop (a test, a thread) it is written at once."""
+    pending = _observed.get(key := (route, method, status))
+    if pending is None:
+        _observed[key] = [seconds]
+        try:
+            asyncio.get_running_loop().call_soon(_write_observed, key)
+        except RuntimeError:
+            _write_observed(key)
+    else:
+        pending.append(seconds)
     if status >= 500:
         HTTP_SERVER_ERRORS.labels(route, str(status)).inc()
+
+
+def _write_observed(key: tuple[str, str, int]) -> None:
+    """What `Histogram.observe` would have written for each of `key`'s pending observations, in
+    one write of the sum and one per bucket (its buckets are cumulative when exposed, not
+    stored: each value is stored in the first bucket whose bound it does not exceed)."""
+    seconds = _observed.pop(key, None)
+    if not seconds:
+        return
+    child = _children.get(key)
+    if child is None:
+        route, method, status = key
+        label_method = method if method in METHODS else "other"
+        child = _children[key] = HTTP_LATENCY.labels(route, label_method, f"{status // 100}xx")
+    child._sum.inc(sum(seconds))
+    for bucket, count in collections.Counter(
+        bisect.bisect_left(HTTP_LATENCY_BUCKETS, s) for s in seconds
+    ).items():
+        child._buckets[bucket].inc(count)
+
+
+def flush_request_metrics() -> None:
+    """Write what this turn's requests left pending (before an exposition reads the files)."""
+    for key in list(_observed):
+        _write_observed(key)
+    IN_PROGRESS.flush()
 
 
 def seconds_since(moment: str | datetime | None) -> float | None:
