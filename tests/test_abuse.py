@@ -203,7 +203,8 @@ def test_the_default_connection_limit_follows_the_fd_limit():
 @pytest.mark.slow
 def test_concurrent_initiates_from_one_client_are_one_redis_step_each(make_stack):
     """100 concurrent initiates from one client: every one WATCHed the same per-client key and
-    retried from the start on each conflict, O(n^2) round trips. Now each is one script."""
+    retried from the start on each conflict, O(n^2) round trips. Now each is one script, and
+    the scripts of one event-loop turn share a pipeline: not a Redis connection each."""
     stack = make_stack(workers=0, PER_CLIENT_MAX_ACTIVE_JOBS="1000")
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
     count = 100
@@ -222,6 +223,8 @@ def test_concurrent_initiates_from_one_client_are_one_redis_step_each(make_stack
     # one script run per initiate (a first run per connection may find the script not loaded yet)
     assert calls.get("evalsha", 0) + calls.get("eval", 0) - calls.get("script|load", 0) == count, calls
     assert conn.zcard(keys.client_active("127.0.0.1")) == count
+    # the API's pool keeps what it opened: one per initiate before they shared the pipeline
+    assert conn.info("clients")["connected_clients"] < count // 4
 
 
 @pytest.mark.slow
