@@ -153,7 +153,7 @@ class Subscriber(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._resumed:  # the 204
-            if self.terminal is not None:
+            if self.terminal is not None and self.status == 204:
                 self.terminal["closed_at"] = self._arrived
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -263,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--subscribers", type=int, default=10000)
     parser.add_argument("--jobs", type=int, default=50, help="subscribers are spread evenly (1: all on one)")
     parser.add_argument(
         "--batch", type=int, default=200, help="streams being opened at once (< uvicorn's backlog, 2048)"
@@ -300,7 +300,9 @@ def bench(args: argparse.Namespace, backends: Backends, per_job: int, total: int
         DEDUPE_WINDOW_S="0",  # --jobs identical one-file jobs must stay separate jobs
         # Caps that must admit every stream (the defaults derive them from the fd limit: half of
         # 90 % of it for streams), with room for the reconnects and the script's other requests.
-        API_MAX_CONNECTIONS=str(total + 1000),
+        # uvicorn applies API_MAX_CONNECTIONS to its running requests as well as to connections,
+        # and a stream's request still runs (WindDown) when its client's reconnect arrives: 2x.
+        API_MAX_CONNECTIONS=str(2 * total + 1000),
         SSE_MAX_STREAMS=str(total + 100),
         SSE_MAX_STREAMS_PER_CLIENT=str(total + 100),
         DOWNLOAD_DELAY_MIN_MS=low,
@@ -393,7 +395,8 @@ async def run(
     statuses = sorted({str(t["status"]) for t in got})
     print(
         f"terminal events: {len(got)}/{len(subscribers)} ({'/'.join(statuses)}), reconnects answered 204: "
-        f"{len(closed)}, {len(failed)} streams failed, {len(pending)} waiting after {args.timeout:.0f} s; "
+        f"{len(closed)}, {len(failed)} streams failed{': ' + repr(failed[0]) if failed else ''}, "
+        f"{len(pending)} waiting after {args.timeout:.0f} s; "
         f"RSS after {rss_after / 1024:.1f} MiB"
     )
     finished = [iso_seconds(str(t["finishedAt"])) for t in got]

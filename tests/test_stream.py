@@ -8,8 +8,11 @@ import time
 
 import httpx
 import pytest
+import redis
 
+from service import keys
 from service.harness import wait_until
+from service.jobs import state
 from tests import sse
 from tests.jobs import initiate, wait_for
 from tests.metrics import scrape, value
@@ -76,6 +79,37 @@ def test_connecting_after_the_end_gets_snapshot_and_terminal_at_once(stack):
         assert [e.event for e in got] == ["snapshot", "failed"]
         assert got[0].json()["status"] == "failed"
         assert "none of the 1 requested files exist" in got[1].json()["error"]
+
+
+def test_a_finished_job_s_streams_read_without_a_transaction_of_their_own(make_stack):
+    """After a job's end its record and events are final: a stream (snapshot and terminal), a
+    reconnect (204) and a resume from an id never sent (a fresh start) read them through the
+    shared pipeline, not with a MULTI each on a pooled connection. When many jobs end together
+    every client's EventSource reconnects at once, and those MULTIs made a reconnect cost ~15x a
+    bare 204 (loadtest/bench_sse.py --phases, docs/benchmarks.md)."""
+    stack = make_stack(workers=0)  # the job is ended by hand; nothing else sends a MULTI
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        finished_at = state.now_iso()
+        with conn.pipeline() as pipe:  # as the worker ends a job: the record and the event
+            pipe.hset(keys.job(job_id), mapping={"status": state.COMPLETED, "finished_at": finished_at})
+            state.queue_event(pipe, job_id, state.COMPLETED, {"finished_at": finished_at}, 600)
+            pipe.execute()
+
+        def multis() -> int:
+            return conn.info("commandstats").get("cmdstat_multi", {}).get("calls", 0)
+
+        before = multis()
+        _, items = sse.collect(client, job_id, timeout_s=5)
+        got = sse.events(items)
+        assert [e.event for e in got] == ["snapshot", "completed"]
+        assert got[0].json()["status"] == "completed" and got[1].json()["finishedAt"] == finished_at
+        done, _ = sse.collect(client, job_id, last_event_id=got[-1].id, timeout_s=5)
+        assert done.status_code == 204
+        _, items = sse.collect(client, job_id, last_event_id="99999999999999-0", timeout_s=5)
+        assert [e.event for e in sse.events(items)] == ["snapshot", "completed"]
+        assert multis() == before
 
 
 def test_stream_of_unknown_job_is_404_json(stack):
