@@ -112,6 +112,39 @@ def test_a_finished_job_s_streams_read_without_a_transaction_of_their_own(make_s
         assert multis() == before
 
 
+def test_a_reconnect_after_the_end_it_was_sent_here_reads_no_events(make_stack):
+    """The process that sent a stream its terminal event answers the EventSource's reconnect
+    (Last-Event-ID: that event) 204 without reading the job's events again; an earlier id
+    still gets what it missed."""
+    stack = make_stack(workers=0)  # the job is ended by hand, while its stream is open
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        got: list[sse.Event] = []
+        with client.stream("GET", f"/v1/download/stream/{job_id}", timeout=10) as response:
+            for item in sse.read(response):
+                if isinstance(item, sse.Event):
+                    got.append(item)
+                    if item.event == "snapshot":
+                        with conn.pipeline() as pipe:
+                            pipe.hset(keys.job(job_id), mapping={"status": state.COMPLETED})
+                            ended = {"finished_at": state.now_iso()}
+                            state.queue_event(pipe, job_id, state.COMPLETED, ended, 60)
+                            pipe.execute()
+        assert [e.event for e in got] == ["snapshot", "completed"]
+
+        def event_reads() -> int:
+            stats = conn.info("commandstats")
+            return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("xrange", "xrevrange"))
+
+        before = event_reads()
+        done, _ = sse.collect(client, job_id, last_event_id=got[-1].id, timeout_s=5)
+        assert done.status_code == 204
+        assert event_reads() == before
+        _, items = sse.collect(client, job_id, last_event_id=got[0].id, timeout_s=5)
+        assert [e.event for e in sse.events(items)] == ["completed"]
+
+
 def test_stream_of_unknown_job_is_404_json(stack):
     with stack.client() as client:
         response = client.get("/v1/download/stream/00000000-0000-4000-8000-000000000000")

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
 from service import keys
+from service.jobs import state
 from service.telemetry.logging import get_logger
 
 log = get_logger(__name__)
@@ -178,10 +179,13 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class EventHub:
+    ENDED_MAX = 4096  # jobs whose end is remembered: more than end together on one process
+
     def __init__(self, redis: aioredis.Redis, sweep_s: float = 15.0) -> None:
         self.redis = redis
         self.sweep_s = sweep_s
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._ended: dict[str, str] = {}  # job id -> its terminal event's id, oldest first
         self._cursors: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._pulling: set[str] = set()
@@ -216,6 +220,15 @@ class EventHub:
         for subs in list(self._subscribers.values()):
             for subscription in subs:
                 subscription.wake()
+
+    def terminal_id(self, job_id: str) -> str | None:
+        """The id of the terminal event this process handed to the job's streams, if it did lately.
+
+        Nothing follows a terminal event: a client resuming from that id has everything, and
+        its EventSource's reconnect after the end (when many jobs end together, every client's at
+        once) is answered without reading the job's events again.
+        """
+        return self._ended.get(job_id)
 
     def subscribe(self, job_id: str) -> Subscription:
         subscription = Subscription(job_id, self.wind_down)
@@ -276,7 +289,12 @@ class EventHub:
                 entries = await self.redis.xrange(keys.events(job_id), min=f"({cursor}" if cursor else "-")
                 if not entries or job_id not in self._subscribers:
                     continue
-                self._cursors[job_id] = entries[-1][0]
+                last_id, last = entries[-1]
+                self._cursors[job_id] = last_id
+                if last["event"] in state.TERMINAL:
+                    if len(self._ended) >= self.ENDED_MAX:
+                        del self._ended[next(iter(self._ended))]  # the oldest: dicts keep order
+                    self._ended[job_id] = last_id
                 for subscription in self._subscribers[job_id]:
                     subscription.put(entries)
         except RedisError as exc:

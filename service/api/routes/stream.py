@@ -137,6 +137,9 @@ async def stream(request: Request) -> Response:
         else:
             message = f"This server holds {slots.total} open streams (SSE_MAX_STREAMS); poll the status"
         raise ApiError(refused, message, {"Retry-After": poll_after(settings)})
+    if last_event_id and job.finished and hub.terminal_id(job.id) == last_event_id:
+        slots.give_back(client)  # the client has the terminal event: nothing to read or send
+        return Response(status_code=204)
     subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
 
     def close() -> None:
