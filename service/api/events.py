@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -180,12 +181,13 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 class EventHub:
     ENDED_MAX = 4096  # jobs whose end is remembered: more than end together on one process
+    ENDED_FRESH_S = 30.0  # and for how long: half the least JOB_TTL_S
 
     def __init__(self, redis: aioredis.Redis, sweep_s: float = 15.0) -> None:
         self.redis = redis
         self.sweep_s = sweep_s
         self._subscribers: dict[str, set[Subscription]] = {}
-        self._ended: dict[str, str] = {}  # job id -> its terminal event's id, oldest first
+        self._ended: dict[str, tuple[str, float]] = {}  # job id -> (terminal event id, when seen)
         self._cursors: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._pulling: set[str] = set()
@@ -221,14 +223,17 @@ class EventHub:
             for subscription in subs:
                 subscription.wake()
 
-    def terminal_id(self, job_id: str) -> str | None:
-        """The id of the terminal event this process handed to the job's streams, if it did lately.
+    def ended_with(self, job_id: str, event_id: str) -> bool:
+        """Whether this process handed `event_id` to the job's streams as its terminal event in
+        the last ENDED_FRESH_S.
 
-        Nothing follows a terminal event: a client resuming from that id has everything, and
-        its EventSource's reconnect after the end (when many jobs end together, every client's at
-        once) is answered without reading the job's events again.
+        Nothing follows a terminal event: a client resuming from it has everything, and when
+        many jobs end together every client's EventSource reconnects at once. Such a reconnect
+        is answered 204 without reading Redis: the job's record outlives its terminal event by
+        JOB_TTL_S (at least 60 s), so within ENDED_FRESH_S it still exists.
         """
-        return self._ended.get(job_id)
+        ended = self._ended.get(job_id)
+        return ended is not None and ended[0] == event_id and time.monotonic() - ended[1] < self.ENDED_FRESH_S
 
     def subscribe(self, job_id: str) -> Subscription:
         subscription = Subscription(job_id, self.wind_down)
@@ -294,7 +299,7 @@ class EventHub:
                 if last["event"] in state.TERMINAL:
                     if len(self._ended) >= self.ENDED_MAX:
                         del self._ended[next(iter(self._ended))]  # the oldest: dicts keep order
-                    self._ended[job_id] = last_id
+                    self._ended[job_id] = (last_id, time.monotonic())
                 for subscription in self._subscribers[job_id]:
                     subscription.put(entries)
         except RedisError as exc:

@@ -123,10 +123,12 @@ def last_event_id_of(request: Request) -> str | None:
 
 async def stream(request: Request) -> Response:
     last_event_id = last_event_id_of(request)
+    hub: EventHub = request.app.state.hub
+    if last_event_id and hub.ended_with(request.path_params["job_id"], last_event_id):
+        return Response(status_code=204)  # the client has the terminal event: nothing to read or hold
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
     settings = rt.settings
-    hub: EventHub = request.app.state.hub
     # A stream's slot before any of its work: a client refused for holding too many (or a full
     # process) costs no subscription and no reads, however often its EventSource retries.
     slots: StreamSlots = request.app.state.stream_slots
@@ -137,9 +139,6 @@ async def stream(request: Request) -> Response:
         else:
             message = f"This server holds {slots.total} open streams (SSE_MAX_STREAMS); poll the status"
         raise ApiError(refused, message, {"Retry-After": poll_after(settings)})
-    if last_event_id and job.finished and hub.terminal_id(job.id) == last_event_id:
-        slots.give_back(client)  # the client has the terminal event: nothing to read or send
-        return Response(status_code=204)
     subscription = hub.subscribe(job.id)  # before reading: nothing can fall between the two
 
     def close() -> None:
