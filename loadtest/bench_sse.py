@@ -38,14 +38,14 @@ floor, and the RSS per stream, each with its aim.
 Measured 2026-12-02 on a shared 2-core VM (1-min load 3-9, another tenant benchmarking),
 10,000 streams, one API process (docs/benchmarks.md has every run):
 - RSS 25-26 KiB per stream (PASS). Redis PUBSUB NUMSUB delineate:events = 1.
-- Bunched ends (50 jobs ending within 1.0-1.3 s): API CPU from the worker's start 24.5 s
-  before this session's changes, 4.0 s after; finishedAt -> 204 p99 30.6 s before, 5.3 s
-  after (FAIL); the API got 47-77 % of the window. Bare uvicorn needs ~0.2 ms per stream for
-  the same writes, ending and reconnect: the aim is out of reach on this machine.
-- --phases 2, service / bare: one event 38 / 42 us (ratio 0.91; 0.8-2.3 over the day's runs:
-  the floor itself swings 19-50 us), the ending 91 / 23 us (3.86, FAIL), the reconnect 215 /
-  119 us (1.82, FAIL; 1583 us, ratio 14.4, before). The cyclic GC took ~3.9 s of a bunched
-  run's ~13.4 s of API CPU (a 1 s gen2 pause inside the burst).
+- Bunched ends (50 jobs ending within 1.0-1.3 s), back to back at load 4.2 then 2.8: API CPU
+  from the worker's start 26.5 s before this session's changes, 3.0 s after; finishedAt -> 204
+  p99 26.1 s before, 2.3 s after (FAIL; 5.3 s in a run at load 7). Bare uvicorn needs ~0.2 ms
+  per stream for the same writes, ending and reconnect: the aim is out of reach here.
+- --phases 2, service / bare: one event 38-48 / 42-43 us (ratio 0.91-1.11; the floor itself
+  swings 19-50 us between runs), the ending 87-91 / 23-25 us (3.5-3.9, FAIL), the reconnect
+  202-215 / 108-119 us (1.8-1.9, FAIL; 1583 us, ratio 14.4, before). The cyclic GC took
+  2.8-3.9 s of a bunched run's 11-13 s of API CPU (a 0.8-1 s gen2 pause inside the burst).
 Runs where the line "API CPU ... % of the window" is far below 100% were starved by other
 processes on the machine; compare CPU figures, not delays, across such runs.
 """
