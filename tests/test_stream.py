@@ -112,6 +112,33 @@ def test_a_finished_job_s_streams_read_without_a_transaction_of_their_own(make_s
         assert multis() == before
 
 
+def test_streams_of_a_running_job_open_without_a_transaction_of_their_own(make_stack):
+    """A running job's record and newest events are read in one cut (the snapshot's id must
+    match its content) by one script in the shared pipeline, not by a MULTI each on a pooled
+    connection: a fresh stream and a resumed one both get what they should."""
+    stack = make_stack(workers=0)  # the job stays queued
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+
+        def multis() -> int:
+            return conn.info("commandstats").get("cmdstat_multi", {}).get("calls", 0)
+
+        before = multis()
+        url = f"/v1/download/stream/{job_id}"
+        with client.stream("GET", url, timeout=10) as response:
+            snapshot = next(e for e in sse.read(response) if isinstance(e, sse.Event))
+        assert snapshot.event == "snapshot" and snapshot.json()["status"] == "queued"
+        with conn.pipeline(transaction=False) as pipe:  # a change after the snapshot: a resume gets it
+            state.queue_event(pipe, job_id, "progress", {"done": 0, "total": 1, "file": {}}, 60)
+            pipe.execute()
+        headers = {"Last-Event-ID": snapshot.id}
+        with client.stream("GET", url, headers=headers, timeout=10) as response:
+            resumed = next(e for e in sse.read(response) if isinstance(e, sse.Event))
+        assert resumed.event == "progress" and resumed.id != snapshot.id
+        assert multis() == before
+
+
 def test_a_reconnect_after_the_end_it_was_sent_here_reads_nothing(make_stack):
     """The process that sent a stream its terminal event answers the EventSource's reconnect
     (Last-Event-ID: that event) 204 without reading the job or its events again; an earlier id
