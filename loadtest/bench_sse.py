@@ -404,6 +404,7 @@ async def run(
         f"RSS after {rss_after / 1024:.1f} MiB"
     )
     finished = [iso_seconds(str(t["finishedAt"])) for t in got]
+    print(f"Redis clients after the burst: {redis_view(redis_url)[2]} (API's pool, worker, this script)")
     print(
         f"jobs finished within {1000 * (max(finished, default=0) - min(finished, default=0)):.0f} ms; CPU "
         f"from worker start: API {cpu_fanout:.2f} s, client {cpu_client:.2f} s, worker {cpu_worker:.2f} s"
