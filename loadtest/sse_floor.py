@@ -8,7 +8,8 @@ the service's figures divided by these say what Delineate adds, on whatever mach
 
 Any GET path opens a stream (a `snapshot` event at once); each POST /fire wakes every open
 stream once: the first time it sends a `progress` event, the second time a `completed` event
-and ends the response, as the service does with a job's terminal event.
+and ends the response, as the service does with a job's terminal event. A GET with
+Last-Event-ID (EventSource's reconnect after the end) is answered 204, as the service does.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             }
         )
         await send({"type": "http.response.body", "body": body})
+        return
+    if any(name == b"last-event-id" for name, _ in scope["headers"]):  # a reconnect after the end
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
         return
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}

@@ -16,8 +16,8 @@ import pytest
 from tests.support import ROOT, require_binary
 
 COST = re.compile(
-    r"API CPU per stream for (event|ending)\s*: +(\d+) us \(.*\); "
-    r"bare uvicorn +(\d+) us \(.*\); ratio ([\d.]+)"
+    r"API CPU per stream for (event|ending|reconnect)\s*: +(\d+) us \(.*\); "
+    r"bare uvicorn +(\d+) us \(.*\); ratio ([\d.]+) \(aim <= 1.5: (?:PASS|FAIL)\)"
 )
 DELAY = re.compile(r"terminal event written -> received, (service|bare uvicorn): p50 \d+ ms, p99 \d+ ms")
 
@@ -39,11 +39,12 @@ def test_sse_phases_measure_the_service_and_the_bare_floor_on_the_same_streams()
     require_binary("redis-server")
     out = run("loadtest/bench_sse.py", "--phases", "1", "--subscribers", "40", "--jobs", "1")
     costs = {m[1]: (int(m[2]), int(m[3]), float(m[4])) for m in COST.finditer(out)}
-    assert set(costs) == {"event", "ending"}, out
+    assert set(costs) == {"event", "ending", "reconnect"}, out  # reconnect: Last-Event-ID, 204
     for service, bare, ratio in costs.values():
         assert bare > 0 and service > 0, out  # both servers did the work being timed
         assert ratio == pytest.approx(service / bare, rel=0.1), out  # figures print rounded
     assert {m[1] for m in DELAY.finditer(out)} == {"service", "bare uvicorn"}, out
+    assert re.search(r"API RSS per stream: [\d.]+ KiB.*\(aim <= 30 KiB: (PASS|FAIL)\)", out), out
 
 
 @pytest.mark.slow

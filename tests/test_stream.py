@@ -8,8 +8,11 @@ import time
 
 import httpx
 import pytest
+import redis
 
+from service import keys
 from service.harness import wait_until
+from service.jobs import state
 from tests import sse
 from tests.jobs import initiate, wait_for
 from tests.metrics import scrape, value
@@ -76,6 +79,98 @@ def test_connecting_after_the_end_gets_snapshot_and_terminal_at_once(stack):
         assert [e.event for e in got] == ["snapshot", "failed"]
         assert got[0].json()["status"] == "failed"
         assert "none of the 1 requested files exist" in got[1].json()["error"]
+
+
+def test_a_finished_job_s_streams_read_without_a_transaction_of_their_own(make_stack):
+    """After a job's end its record and events are final: a stream (snapshot and terminal), a
+    reconnect (204) and a resume from an id never sent (a fresh start) read them through the
+    shared pipeline, not with a MULTI each on a pooled connection. When many jobs end together
+    every client's EventSource reconnects at once, and those MULTIs made a reconnect cost ~15x a
+    bare 204 (loadtest/bench_sse.py --phases, docs/benchmarks.md)."""
+    stack = make_stack(workers=0)  # the job is ended by hand; nothing else sends a MULTI
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        finished_at = state.now_iso()
+        with conn.pipeline() as pipe:  # as the worker ends a job: the record and the event
+            pipe.hset(keys.job(job_id), mapping={"status": state.COMPLETED, "finished_at": finished_at})
+            state.queue_event(pipe, job_id, state.COMPLETED, {"finished_at": finished_at}, 600)
+            pipe.execute()
+
+        def multis() -> int:
+            return conn.info("commandstats").get("cmdstat_multi", {}).get("calls", 0)
+
+        before = multis()
+        _, items = sse.collect(client, job_id, timeout_s=5)
+        got = sse.events(items)
+        assert [e.event for e in got] == ["snapshot", "completed"]
+        assert got[0].json()["status"] == "completed" and got[1].json()["finishedAt"] == finished_at
+        done, _ = sse.collect(client, job_id, last_event_id=got[-1].id, timeout_s=5)
+        assert done.status_code == 204
+        _, items = sse.collect(client, job_id, last_event_id="99999999999999-0", timeout_s=5)
+        assert [e.event for e in sse.events(items)] == ["snapshot", "completed"]
+        assert multis() == before
+
+
+def test_streams_of_a_running_job_open_without_a_transaction_of_their_own(make_stack):
+    """A running job's record and newest events are read in one cut (the snapshot's id must
+    match its content) by one script in the shared pipeline, not by a MULTI each on a pooled
+    connection: a fresh stream and a resumed one both get what they should."""
+    stack = make_stack(workers=0)  # the job stays queued
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+
+        def multis() -> int:
+            return conn.info("commandstats").get("cmdstat_multi", {}).get("calls", 0)
+
+        before = multis()
+        url = f"/v1/download/stream/{job_id}"
+        with client.stream("GET", url, timeout=10) as response:
+            snapshot = next(e for e in sse.read(response) if isinstance(e, sse.Event))
+        assert snapshot.event == "snapshot" and snapshot.json()["status"] == "queued"
+        with conn.pipeline(transaction=False) as pipe:  # a change after the snapshot: a resume gets it
+            state.queue_event(pipe, job_id, "progress", {"done": 0, "total": 1, "file": {}}, 60)
+            pipe.execute()
+        headers = {"Last-Event-ID": snapshot.id}
+        with client.stream("GET", url, headers=headers, timeout=10) as response:
+            resumed = next(e for e in sse.read(response) if isinstance(e, sse.Event))
+        assert resumed.event == "progress" and resumed.id != snapshot.id
+        assert multis() == before
+
+
+def test_a_reconnect_after_the_end_it_was_sent_here_reads_nothing(make_stack):
+    """The process that sent a stream its terminal event answers the EventSource's reconnect
+    (Last-Event-ID: that event) 204 without reading the job or its events again; an earlier id
+    still gets what it missed."""
+    stack = make_stack(workers=0)  # the job is ended by hand, while its stream is open
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    with stack.client() as client:
+        job_id = initiate(client, [70000])
+        got: list[sse.Event] = []
+        with client.stream("GET", f"/v1/download/stream/{job_id}", timeout=10) as response:
+            for item in sse.read(response):
+                if isinstance(item, sse.Event):
+                    got.append(item)
+                    if item.event == "snapshot":
+                        with conn.pipeline() as pipe:
+                            pipe.hset(keys.job(job_id), mapping={"status": state.COMPLETED})
+                            ended = {"finished_at": state.now_iso()}
+                            state.queue_event(pipe, job_id, state.COMPLETED, ended, 60)
+                            pipe.execute()
+        assert [e.event for e in got] == ["snapshot", "completed"]
+
+        def event_reads() -> int:  # of the job (HGETALL) and of its events
+            stats = conn.info("commandstats")
+            names = ("hgetall", "xrange", "xrevrange")
+            return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+        before = event_reads()
+        done, _ = sse.collect(client, job_id, last_event_id=got[-1].id, timeout_s=5)
+        assert done.status_code == 204
+        assert event_reads() == before
+        _, items = sse.collect(client, job_id, last_event_id=got[0].id, timeout_s=5)
+        assert [e.event for e in sse.events(items)] == ["completed"]
 
 
 def test_stream_of_unknown_job_is_404_json(stack):

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
 from service import keys
+from service.jobs import state
 from service.telemetry.logging import get_logger
 
 log = get_logger(__name__)
@@ -178,10 +180,14 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class EventHub:
+    ENDED_MAX = 4096  # jobs whose end is remembered: more than end together on one process
+    ENDED_FRESH_S = 30.0  # and for how long: half the least JOB_TTL_S
+
     def __init__(self, redis: aioredis.Redis, sweep_s: float = 15.0) -> None:
         self.redis = redis
         self.sweep_s = sweep_s
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._ended: dict[str, tuple[str, float]] = {}  # job id -> (terminal event id, when seen)
         self._cursors: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._pulling: set[str] = set()
@@ -216,6 +222,18 @@ class EventHub:
         for subs in list(self._subscribers.values()):
             for subscription in subs:
                 subscription.wake()
+
+    def ended_with(self, job_id: str, event_id: str) -> bool:
+        """Whether this process handed `event_id` to the job's streams as its terminal event in
+        the last ENDED_FRESH_S.
+
+        Nothing follows a terminal event: a client resuming from it has everything, and when
+        many jobs end together every client's EventSource reconnects at once. Such a reconnect
+        is answered 204 without reading Redis: the job's record outlives its terminal event by
+        JOB_TTL_S (at least 60 s), so within ENDED_FRESH_S it still exists.
+        """
+        ended = self._ended.get(job_id)
+        return ended is not None and ended[0] == event_id and time.monotonic() - ended[1] < self.ENDED_FRESH_S
 
     def subscribe(self, job_id: str) -> Subscription:
         subscription = Subscription(job_id, self.wind_down)
@@ -276,7 +294,12 @@ class EventHub:
                 entries = await self.redis.xrange(keys.events(job_id), min=f"({cursor}" if cursor else "-")
                 if not entries or job_id not in self._subscribers:
                     continue
-                self._cursors[job_id] = entries[-1][0]
+                last_id, last = entries[-1]
+                self._cursors[job_id] = last_id
+                if last["event"] in state.TERMINAL:
+                    if len(self._ended) >= self.ENDED_MAX:
+                        del self._ended[next(iter(self._ended))]  # the oldest: dicts keep order
+                    self._ended[job_id] = (last_id, time.monotonic())
                 for subscription in self._subscribers[job_id]:
                     subscription.put(entries)
         except RedisError as exc:

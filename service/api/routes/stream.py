@@ -103,6 +103,25 @@ def _opening(
     return b"".join(parts), sent, False
 
 
+# A running job's record, its two newest events and (ARGV[1], an XRANGE lower bound) those after
+# the client's Last-Event-ID, in one atomic read: a worker's MULTI cannot land between them. One
+# command, so it joins the turn's pipeline (rt.batched) instead of taking a pooled connection
+# for a MULTI of its own, as thousands of streams opening together each did.
+OPENING_READ = """
+local cut = {redis.call('HGETALL', KEYS[1]), redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 2)}
+if ARGV[1] ~= '' then cut[3] = redis.call('XRANGE', KEYS[2], ARGV[1], '+') end
+return cut
+"""
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _entries(raw: list[list[Any]]) -> list[Entry]:
+    return [(entry_id, _pairs(fields)) for entry_id, fields in raw]
+
+
 LAST_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 STREAM_ID_MAX = 2**64 - 1  # each half of a stream id is a uint64 (and "(max" has no successor)
 
@@ -123,10 +142,12 @@ def last_event_id_of(request: Request) -> str | None:
 
 async def stream(request: Request) -> Response:
     last_event_id = last_event_id_of(request)
+    hub: EventHub = request.app.state.hub
+    if last_event_id and hub.ended_with(request.path_params["job_id"], last_event_id):
+        return Response(status_code=204)  # the client has the terminal event: nothing to read or hold
     job = await load_job(request)
     rt: Runtime = request.app.state.runtime
     settings = rt.settings
-    hub: EventHub = request.app.state.hub
     # A stream's slot before any of its work: a client refused for holding too many (or a full
     # process) costs no subscription and no reads, however often its EventSource retries.
     slots: StreamSlots = request.app.state.stream_slots
@@ -145,13 +166,24 @@ async def stream(request: Request) -> Response:
 
     try:
         key = keys.events(job.id)
-        async with rt.aredis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.job(job.id))
-            pipe.xrevrange(key, count=2)
+        if job.finished:
+            # Nothing changes after a job's terminal event: the record load_job read and the
+            # events are final, and need no transaction to agree. The reads join this turn's
+            # pipeline (rt.batched) rather than each taking a pooled connection for a MULTI:
+            # when many jobs end together, each client's EventSource reconnects (answered 204)
+            # and thousands of MULTIs cost the API ~15x what a bare 204 costs (bench_sse.py
+            # --phases, docs/benchmarks.md).
+            current = job
+            reads = [rt.batched.submit("XREVRANGE", key, "+", "-", "COUNT", 2)]
             if last_event_id:
-                pipe.xrange(key, min=f"({last_event_id}")
-            fields, newest, *missed = await pipe.execute()
-        current = state.JobRecord.from_redis(fields) or job
+                reads.append(rt.batched.submit("XRANGE", key, f"({last_event_id}", "+"))
+            newest, *missed = [await read for read in reads]  # one pipeline: submitted in one turn
+        else:  # the snapshot's id must match its content: the record and the events in one cut
+            cut = await rt.batched.submit(
+                "EVAL", OPENING_READ, 2, keys.job(job.id), key, f"({last_event_id}" if last_event_id else ""
+            )
+            fields, newest, *missed = _pairs(cut[0]), _entries(cut[1]), *(_entries(e) for e in cut[2:])
+            current = state.JobRecord.from_redis(fields) or job
         if last_event_id and stream_id(last_event_id) > stream_id(newest[0][0] if newest else "0-0"):
             last_event_id = None  # an id this stream never sent: start afresh, not wait in silence
         backlog = missed[0] if last_event_id else list(reversed(newest))
