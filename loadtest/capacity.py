@@ -567,7 +567,12 @@ def main() -> int:
         "--worker-nice", type=int, default=10, help="WORKER_NICE: the workers yield the CPU to the API"
     )
     parser.add_argument("--floor-seconds", type=int, default=3, help="wrk time of each floor measurement")
-    parser.add_argument("--api-workers", type=int, default=1, help="API_WORKERS (uvicorn processes)")
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=2,
+        help="API_WORKERS (uvicorn processes; 2 as compose runs the API)",
+    )
     parser.add_argument("--log-level", default="info", help="LOG_LEVEL of API and workers")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "capacity")
     parser.add_argument("--wait-load-below", type=float, default=2.0, help="start when 1-min load <")
