@@ -21,9 +21,10 @@ runs on different machines can be compared.
 The load generator runs on the same 2 cores as the stack. It is kept off the service's share
 by niceness (--locust-nice, default 10: under contention the scheduler gives each nice-0
 process of the stack about nine times Locust's share), and accounted for: its CPU and its
-run-queue wait are printed beside the stack's. Its client-side figures still include its own
-delays (a starved generator reads a late answer as a slow one); the server-side histogram does
-not.
+run-queue wait are printed beside the stack's. Its users send through FastHttpSession, a
+fifth of the CPU per request of the requests-based one (loadtest/locustfile.py). Its client-side
+figures still include its own delays (a starved generator reads a late answer as a slow one);
+the server-side histogram does not.
 
     .venv/bin/python loadtest/capacity.py --workers 2 --concurrency 512 --users 1000
     .venv/bin/python loadtest/capacity.py --users 100 --delay-min-ms 5000 --delay-max-ms 5000  # debug
