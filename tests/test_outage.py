@@ -9,9 +9,11 @@ the issue's scale.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError
@@ -22,7 +24,7 @@ from service.jobs import reaper
 from service.jobs.worker import DownloadWorker
 from service.settings import SettingsError, load_settings
 from service.storage.s3 import Storage
-from tests.jobs import runtime_on
+from tests.jobs import initiate, runtime_on
 from tests.support import TEST_BUCKET, require_binary
 
 # Ten files of 0.4 s each; JOB_MAX_RETRIES=2 with JOB_RETRY_BASE_S=0.5 is a retry budget of about
@@ -169,8 +171,37 @@ def test_no_lease_is_judged_while_the_restart_check_itself_cannot_reach_redis(re
     monkeypatch.setattr(worker.connection, "info", lost)
     worker.run_maintenance_tasks()
     assert reaped == []
+    assert not worker.should_run_maintenance_tasks  # held for a heartbeat, not retried at once
     monkeypatch.undo()
     monkeypatch.setattr(reaper, "reap", lambda runtime: reaped.append(runtime))
-    monkeypatch.setattr(worker, "_leases_settling", lambda: False)
+    monkeypatch.setattr(worker, "_leases_settling_s", lambda: 0.0)
     worker.run_maintenance_tasks()  # the check answers: the reaper runs (the test can fail)
     assert reaped == [rt]
+
+
+@pytest.mark.slow
+def test_downloads_starting_on_a_fresh_redis_renew_their_leases_once_a_heartbeat(make_stack):
+    """For one lease after Redis starts, maintenance waits (leases may be lapsed, not abandoned).
+    It used to stay due meanwhile, so every turn of the dequeue loop renewed every running lease
+    again: 60,000 Redis commands a second in `make capacity`'s initiate burst. Held off until
+    the lease has passed, a download's lease is renewed once a heartbeat."""
+    stack = make_stack(
+        WORKER_HEARTBEAT_S="5",  # a lease of 15 s: this Redis is younger than that throughout
+        WORKER_CONCURRENCY="64",
+        DOWNLOAD_DELAY_ENABLED="true",
+        DOWNLOAD_DELAY_MIN_MS="8000",
+        DOWNLOAD_DELAY_MAX_MS="8000",
+    )
+    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
+    assert conn.info("server")["uptime_in_seconds"] < 15
+    count = 60
+    conn.config_resetstat()
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        ids = [initiate(client, [70000 + i]) for i in range(count)]
+    harness.wait_until(
+        lambda: all(conn.hget(keys.job(i), "status") == b"processing" for i in ids), 10, "every job running"
+    )
+    time.sleep(3)
+    transactions = conn.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+    # each download's start, state writes and at most one heartbeat: a few transactions each
+    assert transactions < 8 * count, transactions

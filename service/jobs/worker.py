@@ -89,6 +89,7 @@ class DownloadWorker(BaseWorker):
         self._stop_beating = threading.Event()
         self._beater: threading.Thread | None = None
         self._last_reap = -math.inf
+        self._maintenance_held_until = -math.inf  # monotonic; see run_maintenance_tasks
         self._dequeuing = False
         self._hurry = threading.Event()  # a second stop signal: hand back without draining
         self._lapsed = threading.Event()  # a heartbeat failed: leases may have expired meanwhile
@@ -176,18 +177,27 @@ class DownloadWorker(BaseWorker):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
+        if time.monotonic() < self._maintenance_held_until:
+            return False
         return bool(super().should_run_maintenance_tasks) or self._reap_due
 
     def run_maintenance_tasks(self) -> None:
         """RQ's registry cleanup when due, then the reaper when due (a failed pass is logged).
 
         Both judge leases, so this worker's own are renewed first (lapsed ones restored), and
-        neither runs while Redis has been up for less than one lease (`_leases_settling`)."""
+        neither runs while Redis has been up for less than one lease (`_leases_settling_s`):
+        maintenance is then held off until that lease has passed. Without the hold every turn of
+        the dequeue loop found it still due and renewed every running lease again: with 500
+        downloads starting on a fresh Redis, 9,000 heartbeat transactions a second (60,000 Redis
+        commands a second in `make capacity`'s initiate burst) where one a download per
+        heartbeat interval is due."""
         self._renew_leases()
-        settling = True  # Redis not answering: nothing can tell whether a lease lapsed in an outage
+        # Redis not answering: nothing can tell whether a lease lapsed; ask again a beat later
+        settling_s = float(self.job_monitoring_interval)
         with self._riding_out("lease check"):
-            settling = self._leases_settling()
-        if settling:
+            settling_s = self._leases_settling_s()
+        if settling_s > 0:
+            self._maintenance_held_until = time.monotonic() + settling_s
             return
         if super().should_run_maintenance_tasks:
             with self._riding_out("maintenance"):
@@ -419,11 +429,12 @@ class DownloadWorker(BaseWorker):
             pipe.execute()
         self.log.warning("lease of job %s restored: it lapsed while Redis was unavailable", job.id)
 
-    def _leases_settling(self) -> bool:
-        """Redis restarted less than one lease ago: leases that expired while it was down are
-        not abandoned, their workers are restoring them (at their next heartbeat)."""
+    def _leases_settling_s(self) -> float:
+        """How long until Redis has been up for one lease (0: it has). Before that, leases that
+        expired while it was down are not abandoned: their workers are restoring them (at their
+        next heartbeat)."""
         uptime = int(self.connection.info("server")["uptime_in_seconds"])
-        settling = uptime < lock.lease_s(self.job_monitoring_interval)
-        if settling:
+        left = lock.lease_s(self.job_monitoring_interval) - uptime
+        if left > 0:
             self.log.info("Redis up for %d s: lease checks wait until its first lease has passed", uptime)
-        return settling
+        return max(0.0, left)
