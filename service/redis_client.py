@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from typing import Any
 
-import hiredis
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel
@@ -23,7 +23,7 @@ import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 from redis.retry import Retry
 
 from service.settings import Settings
@@ -74,18 +74,11 @@ def _packing_in_c(base: type[aioredis.connection.AbstractConnection]) -> type:
 
     redis-py's asyncio connection packs in Python, joining its growing buffer once per argument:
     initiate's one script call (about 125 arguments, the job's every write) took 75 µs to pack
-    against 19 µs through redis-py's hiredis serializer and 10 µs straight to hiredis, the same
-    bytes (docs/benchmarks.md). The serializer is for what hiredis cannot take as it is: a
-    command name of two words ("CONFIG GET"), to split, and bytearray or memoryview arguments.
+    against 19 µs through redis-py's hiredis serializer, the same bytes (docs/benchmarks.md).
     Every command of the API's client goes through here, the TurnPipeline's too.
     """
 
     def pack_command(self: object, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " not in args[0]:  # one word: no splitting to do
-            try:
-                return [hiredis.pack_command(args)]
-            except TypeError:  # a bytearray or memoryview among them: the serializer converts
-                pass
         return _PACKER.pack(*args)
 
     return type(base.__name__, (base,), {"pack_command": pack_command})
@@ -173,6 +166,12 @@ def _primary_options(settings: Settings) -> dict[str, Any]:
     return {**_options(), "password": password.get_secret_value() if password else None}
 
 
+@functools.cache
+def _sha1(script: str) -> str:
+    """A script's name for EVALSHA."""
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
 class TurnPipeline:
     """Commands issued during one event-loop turn, sent to Redis as one pipeline.
 
@@ -200,6 +199,17 @@ class TurnPipeline:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(args, future)
         return future
+
+    async def run_script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """A Lua script with this turn's other commands: EVALSHA, and SCRIPT LOAD first where
+        Redis does not have it (a restart, a failover), as redis-py's Script does. One command,
+        so it joins the pipeline where a MULTI would take a pooled connection of its own."""
+        sha = _sha1(script)
+        try:
+            return await self.submit("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.submit("SCRIPT", "LOAD", script)
+            return await self.submit("EVALSHA", sha, len(keys), *keys, *args)
 
     def send(self, *args: object) -> None:
         """Queue one command whose reply nobody waits for (an EXPIRE after an INCR)."""

@@ -158,3 +158,26 @@ def test_the_api_client_packs_commands_in_c_and_redis_reads_them_alike(redis_fac
     assert piped[:2] == [True, "a b"] and "maxclients" in piped[2]  # "CONFIG GET": two words
     assert counted == 200
     assert any(len(args) > 200 for args in packed_in_c)  # the script call, in C too
+
+
+def test_a_script_runs_on_the_turn_s_pipeline_and_is_loaded_again_after_a_flush(redis_factory):
+    """run_script: EVALSHA with this turn's other commands; where Redis lost the script (a
+    restart, a failover) SCRIPT LOAD, then EVALSHA again: every caller gets its own reply."""
+    server = redis_factory()
+    script = "return {KEYS[1], ARGV[1]}"
+
+    async def turn() -> list[object]:
+        client = async_client(server.url)
+        batched = TurnPipeline(client)
+        try:
+            return await asyncio.gather(*(batched.run_script(script, [f"k{i}"], [i]) for i in range(3)))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(turn()) == [["k0", "0"], ["k1", "1"], ["k2", "2"]]  # not loaded yet: loads
+    conn = redis.Redis.from_url(server.url)
+    conn.script_flush()
+    conn.config_resetstat()
+    assert asyncio.run(turn()) == [["k0", "0"], ["k1", "1"], ["k2", "2"]]
+    calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in conn.info("commandstats").items()}
+    assert calls["script|load"] >= 1 and "eval" not in calls, calls

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis.exceptions import NoScriptError
 from rq import Callback, Queue, Retry
 from rq.worker import Worker
 
@@ -164,7 +163,8 @@ async def enqueue(rt: Runtime, job: state.JobRecord, claim: Claim | None = None)
         keys.client_active(job.client) if limit else "",
         limit,
     )
-    outcome, *detail = await _admit(rt, [*header, *writes])
+    # on the turn's pipeline: a burst's initiates share a round trip, not a connection each
+    outcome, *detail = await rt.batched.run_script(ADMIT, [], [*header, *writes])
     if outcome == "conflict":
         raise IdempotencyConflict(claim.key if claim else "")
     if outcome == "limit":
@@ -308,22 +308,6 @@ while i <= #ARGV do
 end
 return {{"queued"}}
 """
-
-
-ADMIT_SHA = hashlib.sha1(ADMIT.encode(), usedforsecurity=False).hexdigest()  # its EVALSHA name
-
-
-async def _admit(rt: Runtime, args: list[Any]) -> list[Any]:
-    """Run ADMIT on the turn's pipeline (`rt.batched`): the initiates of one event-loop turn
-    share one round trip on one connection. Each on a pooled connection of its own, a burst of
-    200 concurrent initiates opened 200 Redis connections and paid a client-side command each.
-    EVALSHA, and SCRIPT LOAD first where Redis lost the script (a restart, a failover), as
-    redis-py's Script does."""
-    try:
-        return await rt.batched.submit("EVALSHA", ADMIT_SHA, 0, *args)
-    except NoScriptError:
-        await rt.batched.submit("SCRIPT", "LOAD", ADMIT)
-        return await rt.batched.submit("EVALSHA", ADMIT_SHA, 0, *args)
 
 
 class _RecentDepth:

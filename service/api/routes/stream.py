@@ -166,24 +166,12 @@ async def stream(request: Request) -> Response:
 
     try:
         key = keys.events(job.id)
-        if job.finished:
-            # Nothing changes after a job's terminal event: the record load_job read and the
-            # events are final, and need no transaction to agree. The reads join this turn's
-            # pipeline (rt.batched) rather than each taking a pooled connection for a MULTI:
-            # when many jobs end together, each client's EventSource reconnects (answered 204)
-            # and thousands of MULTIs cost the API ~15x what a bare 204 costs (bench_sse.py
-            # --phases, docs/benchmarks.md).
-            current = job
-            reads = [rt.batched.submit("XREVRANGE", key, "+", "-", "COUNT", 2)]
-            if last_event_id:
-                reads.append(rt.batched.submit("XRANGE", key, f"({last_event_id}", "+"))
-            newest, *missed = [await read for read in reads]  # one pipeline: submitted in one turn
-        else:  # the snapshot's id must match its content: the record and the events in one cut
-            cut = await rt.batched.submit(
-                "EVAL", OPENING_READ, 2, keys.job(job.id), key, f"({last_event_id}" if last_event_id else ""
-            )
-            fields, newest, *missed = _pairs(cut[0]), _entries(cut[1]), *(_entries(e) for e in cut[2:])
-            current = state.JobRecord.from_redis(fields) or job
+        # the snapshot's id must match its content: the record and the events in one cut
+        cut = await rt.batched.run_script(
+            OPENING_READ, [keys.job(job.id), key], [f"({last_event_id}" if last_event_id else ""]
+        )
+        fields, newest, *missed = _pairs(cut[0]), _entries(cut[1]), *(_entries(e) for e in cut[2:])
+        current = state.JobRecord.from_redis(fields) or job
         if last_event_id and stream_id(last_event_id) > stream_id(newest[0][0] if newest else "0-0"):
             last_event_id = None  # an id this stream never sent: start afresh, not wait in silence
         backlog = missed[0] if last_event_id else list(reversed(newest))
