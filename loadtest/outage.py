@@ -194,19 +194,15 @@ def s3_drill(
             harness.s3_client(servers[0].url, harness.DEV_ACCESS_KEY, harness.DEV_SECRET_KEY), bucket
         )
         env = harness.stack_env(redis_server.url, servers[0].url, bucket, **_drill_settings(jobs, settings))
-        with harness.running_stack(env, work / "logs") as stack, stack.client() as client:
-            ids = _start_jobs(client, jobs)
-            before = _done_now(client, ids)
-            killed = time.monotonic()
-            servers[0].kill()
-            _wait_out(killed, outage_s)
-            servers.append(harness.start_seaweed(work / "s3", ports=ports))
-            back = time.monotonic()
-            figures = Figures("S3 killed", jobs, back - killed)
-            _follow(client, ids, before, figures, back)
-            figures.worker_log = stack.workers[0].output()
-        figures.reaped = _reaped(figures.worker_log)
-        return figures
+        return _outage(
+            "S3 killed",
+            env,
+            work,
+            jobs,
+            outage_s,
+            servers,
+            lambda: harness.start_seaweed(work / "s3", ports=ports),
+        )
 
 
 def redis_drill(
@@ -231,19 +227,41 @@ def redis_drill(
             harness.seed(harness.s3_client(s3.url, harness.DEV_ACCESS_KEY, harness.DEV_SECRET_KEY), bucket)
             s3_url = s3.url
         env = harness.stack_env(servers[0].url, s3_url, bucket, **_drill_settings(jobs, settings))
-        with harness.running_stack(env, work / "logs") as stack, stack.client() as client:
-            ids = _start_jobs(client, jobs)
-            before = _done_now(client, ids)
-            killed = time.monotonic()
-            servers[0].kill()
-            _wait_out(killed, outage_s)
-            servers.append(harness.start_redis(work / "redis", port=port, binary=redis_binary, aof=True))
-            back = time.monotonic()
-            figures = Figures("Redis killed", jobs, back - killed)
-            _follow(client, ids, before, figures, back)
-            figures.worker_log = stack.workers[0].output()
-        figures.reaped = _reaped(figures.worker_log)
-        return figures
+        return _outage(
+            "Redis killed",
+            env,
+            work,
+            jobs,
+            outage_s,
+            servers,
+            lambda: harness.start_redis(work / "redis", port=port, binary=redis_binary, aof=True),
+        )
+
+
+def _outage(
+    name: str,
+    env: dict[str, str],
+    work: Path,
+    jobs: int,
+    outage_s: float,
+    servers: list[harness.Server],
+    restart: Callable[[], harness.Server],
+) -> Figures:
+    """The drill itself: `jobs` downloads running on a stack, `servers[0]` SIGKILLed, restarted
+    by `restart` (appended to `servers`) after `outage_s`, and every job followed to its end."""
+    with harness.running_stack(env, work / "logs") as stack, stack.client() as client:
+        ids = _start_jobs(client, jobs)
+        before = _done_now(client, ids)
+        killed = time.monotonic()
+        servers[0].kill()
+        _wait_out(killed, outage_s)
+        servers.append(restart())
+        back = time.monotonic()
+        figures = Figures(name, jobs, back - killed)
+        _follow(client, ids, before, figures, back)
+        figures.worker_log = stack.workers[0].output()
+    figures.reaped = _reaped(figures.worker_log)
+    return figures
 
 
 @dataclass
