@@ -178,6 +178,21 @@ def test_without_a_secret_callbacks_are_refused(stack):
         assert response.status_code == 400 and "WEBHOOK_SECRET" in response.json()["message"]
 
 
+def rebind(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A resolver that answers `name` with 127.0.0.2 once (the address the guard allows), then
+    127.0.0.1 (a DNS-rebinding attacker's second answer); other names as before."""
+    answers = ["127.0.0.2"]
+    real = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == name:
+            address = answers.pop(0) if answers else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+
+
 @pytest.mark.parametrize(
     ("url", "env", "allowed"),
     [
@@ -223,16 +238,7 @@ def test_a_rebinding_resolver_cannot_aim_a_delivery_at_loopback(redis_factory, m
     header naming the host, and the loopback listener on the same port must get nothing."""
     judged = Receiver("127.0.0.2")
     victim = Receiver("127.0.0.1", judged.port)
-    answers = ["127.0.0.2"]
-    real = socket.getaddrinfo
-
-    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == "hooks.rebind.test":
-            address = answers.pop(0) if answers else "127.0.0.1"
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    rebind(monkeypatch, "hooks.rebind.test")
     conn = redis.Redis.from_url(redis_factory().url)
     rt = runtime_on(conn, webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.2/32"])
     runtime.install(rt)
@@ -278,16 +284,7 @@ def test_https_deliveries_dial_the_judged_address_and_name_the_host_in_sni(
             pass  # the client gives up on our self-signed certificate after the SNI was sent
 
     threading.Thread(target=serve_one, daemon=True).start()
-    real = socket.getaddrinfo
-    answers = ["127.0.0.2"]
-
-    def rebinding(host: Any, port_: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == "hooks.tls.test":
-            address = answers.pop(0) if answers else "127.0.0.1"
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port_)))]
-        return real(host, port_, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    rebind(monkeypatch, "hooks.tls.test")
     conn = redis.Redis.from_url(redis_factory().url)
     rt = runtime_on(conn, webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.2/32"])
     runtime.install(rt)
